@@ -1,0 +1,574 @@
+// model.h: what every part of statex shares.
+//
+//   1. Config: the two model families (GLA, Mamba2) and their sizes.
+//   2. The parameter layout: one flat float buffer, a struct of pointers into it,
+//      and a table (name, offset, shape) that fixes the model-file order.
+//   3. The activation layout for a batch of B sequences of T tokens, same idea.
+//   4. Model files and debug-state files (formats in README.md).
+//   5. Small helpers: errors, a seeded RNG, a vectorisable exp, timing.
+//   6. The CPU ops and model API (statex_cpu.cpp) and the CUDA API (statex.cu).
+//
+// Everything here is plain structs and functions, in the style of llm.c.
+#pragma once
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <chrono>
+#include <unistd.h>
+
+// ----------------------------------------------------------------------------
+// 5. helpers first, since everything below uses them
+
+// Print "error: ..." to stderr and exit(1). For the command-line tools.
+[[noreturn]] inline void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+// printf into a std::string: how readers report what is wrong with a file.
+inline std::string strf(const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+inline void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) die("out of memory allocating %zu bytes", bytes);
+    return p;
+}
+inline float *xcalloc_floats(size_t n) {
+    float *p = (float *)calloc(n ? n : 1, sizeof(float));
+    if (!p) die("out of memory allocating %zu floats", n);
+    return p;
+}
+
+inline double now_seconds() {
+    using namespace std::chrono;
+    return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// A small seeded RNG (splitmix64), so that a seed gives the same model and the
+// same batches on every machine; std:: distributions differ between libraries.
+struct Rng { uint64_t s; };
+inline uint64_t rng_u64(Rng *r) {
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+inline float rng_uniform(Rng *r) { return (float)((rng_u64(r) >> 40) * (1.0 / 16777216.0)); }  // [0,1)
+inline int rng_int(Rng *r, int n) { return (int)(rng_u64(r) % (uint64_t)n); }              // [0,n)
+inline float rng_normal(Rng *r) {  // Box-Muller
+    double u1 = ((rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = (rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+// exp(x) in a form the compiler can vectorise. glibc's expf only vectorises
+// under -ffast-math, which would also break our NaN checks, so the hot loops
+// (gates, SiLU, chunk decays) use this: Cody-Waite reduction x = n ln2 + g,
+// |g| <= ln2/2, then a degree-7 Taylor series; relative error below 1e-7.
+inline float exp_fast(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = std::rint(x * 1.44269504088896341f);
+    float g = std::fma(n, -0.693145751953125f, x);        // ln2 split in a high part
+    g = std::fma(n, -1.428606765330187045e-06f, g);       // and a low part
+    float p = 1.0f / 5040;
+    p = std::fma(p, g, 1.0f / 720);
+    p = std::fma(p, g, 1.0f / 120);
+    p = std::fma(p, g, 1.0f / 24);
+    p = std::fma(p, g, 1.0f / 6);
+    p = std::fma(p, g, 0.5f);
+    p = std::fma(p, g, 1.0f);
+    p = std::fma(p, g, 1.0f);
+    int32_t bits = ((int32_t)n + 127) << 23;              // 2^n as a float
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+inline float sigmoidf_(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
+inline float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// ----------------------------------------------------------------------------
+// 1. config
+
+enum { FAMILY_GLA = 1, FAMILY_MAMBA2 = 2 };
+#define MODEL_MAGIC 20250926
+#define STATE_MAGIC 20250927
+#define MAX_LAYER 128
+#define RMS_EPS 1e-5f
+
+struct Config {
+    int family;          // FAMILY_GLA or FAMILY_MAMBA2
+    int vocab_size;      // 256: bytes
+    int d_model;         // D
+    int n_layer;         // L
+    int tied;            // lm head = embedding matrix
+    // GLA
+    int key_dim;         // K
+    int value_dim;       // V
+    int gate_rank;       // r, rank of the forget-gate projection
+    int mlp_hidden;      // F
+    // Mamba2
+    int d_inner;         // E
+    int headdim;         // P
+    int d_conv;          // causal conv width
+    // per layer: GLA head count H_l, or Mamba2 state size N_l
+    int n_head[MAX_LAYER];
+    int d_state[MAX_LAYER];
+};
+
+inline const char *family_name(int f) { return f == FAMILY_GLA ? "GLA" : f == FAMILY_MAMBA2 ? "Mamba2" : "?"; }
+inline int m2_nheads(const Config *c) { return c->d_inner / c->headdim; }
+inline int m2_conv_dim(const Config *c, int l) { return c->d_inner + 2 * c->d_state[l]; }            // x, B, C
+inline int m2_in_dim(const Config *c, int l) { return 2 * c->d_inner + 2 * c->d_state[l] + m2_nheads(c); }  // z, xBC, dt
+
+// Recurrent state of layer l, in floats (DESIGN: GLA K*V/H; Mamba2 SSM + conv).
+inline size_t layer_state_floats(const Config *c, int l) {
+    if (c->family == FAMILY_GLA) return (size_t)c->key_dim * c->value_dim / c->n_head[l];
+    return (size_t)c->d_inner * c->d_state[l] + (size_t)(c->d_conv - 1) * m2_conv_dim(c, l);
+}
+
+// Sanity of every size; "" when fine, else what is wrong. Limits keep every
+// offset inside size_t and every index inside int.
+inline std::string config_problem(const Config *c) {
+    auto bad = [](int v, int lo, int hi) { return v < lo || v > hi; };
+    if (c->family != FAMILY_GLA && c->family != FAMILY_MAMBA2) return strf("unknown model family %d (1 = GLA, 2 = Mamba2)", c->family);
+    if (bad(c->vocab_size, 1, 1 << 20)) return strf("vocab_size %d out of range", c->vocab_size);
+    if (bad(c->d_model, 1, 1 << 16)) return strf("d_model %d out of range", c->d_model);
+    if (bad(c->n_layer, 1, MAX_LAYER)) return strf("n_layer %d out of range 1..%d", c->n_layer, MAX_LAYER);
+    if (bad(c->tied, 0, 1)) return strf("tied flag %d is not 0 or 1", c->tied);
+    if (c->family == FAMILY_GLA) {
+        if (bad(c->key_dim, 1, 1 << 16) || bad(c->value_dim, 1, 1 << 16)) return strf("key_dim %d / value_dim %d out of range", c->key_dim, c->value_dim);
+        if (bad(c->gate_rank, 1, 1 << 16)) return strf("gate_rank %d out of range", c->gate_rank);
+        if (bad(c->mlp_hidden, 1, 1 << 18)) return strf("mlp_hidden %d out of range", c->mlp_hidden);
+        for (int l = 0; l < c->n_layer; l++) {
+            int H = c->n_head[l];
+            if (H < 1 || c->key_dim % H || c->value_dim % H)
+                return strf("layer %d: head count %d must be >= 1 and divide key_dim %d and value_dim %d", l, H, c->key_dim, c->value_dim);
+        }
+    } else {
+        if (bad(c->d_inner, 1, 1 << 18) || bad(c->headdim, 1, 1 << 16) || c->d_inner % c->headdim)
+            return strf("d_inner %d must be a positive multiple of headdim %d", c->d_inner, c->headdim);
+        if (bad(c->d_conv, 1, 64)) return strf("d_conv %d out of range 1..64", c->d_conv);
+        for (int l = 0; l < c->n_layer; l++)
+            if (bad(c->d_state[l], 1, 1 << 14)) return strf("layer %d: state size %d out of range", l, c->d_state[l]);
+    }
+    return "";
+}
+
+// ----------------------------------------------------------------------------
+// 2. parameters: one flat buffer, pointers into it, and the file order
+
+struct LayerWeights {
+    // GLA: token mixing (attn) then SwiGLU MLP
+    float *attn_norm, *q_proj, *k_proj, *v_proj, *g_proj, *gk_proj0, *gk_proj1, *gk_bias, *g_norm, *o_proj;
+    float *mlp_norm, *gate_proj, *up_proj, *down_proj;
+    // Mamba2: the mixer is the whole block
+    float *norm, *in_proj, *conv_w, *conv_b, *dt_bias, *A_log, *D, *gnorm, *out_proj;
+};
+struct Weights {
+    float *embed;                 // [vocab, D]
+    LayerWeights layer[MAX_LAYER];
+    float *norm_w;                // [D]
+    float *lm_head;               // [vocab, D]; == embed when tied
+};
+
+// One named tensor of the flat buffer. Its place in this table is its place in
+// the model file.
+struct ParamTensor {
+    std::string name;   // e.g. "layers.3.attn.q_proj.weight"
+    size_t offset;      // in floats, into the flat buffer
+    int rows, cols;     // a vector has rows = 1
+    int layer;          // -1 for embedding, final norm and lm head
+    bool is_matrix;     // gets weight decay (projections and embeddings)
+    bool is_mixer;      // belongs to a layer's token mixing (what StateX expands)
+    size_t size() const { return (size_t)rows * cols; }
+};
+
+// The single source of truth for the parameter order of DESIGN section 6.
+// Returns the table; when `base` is given, also points `w` into it.
+inline std::vector<ParamTensor> param_layout(const Config *c, float *base = nullptr, Weights *w = nullptr) {
+    std::vector<ParamTensor> t;
+    size_t off = 0;
+    auto add = [&](const std::string &name, int rows, int cols, float **slot, int layer, bool matrix, bool mixer) {
+        t.push_back({name, off, rows, cols, layer, matrix, mixer});
+        if (base && slot) *slot = base + off;
+        off += (size_t)rows * cols;
+    };
+    Weights dummy;
+    if (!w) w = &dummy;
+    int D = c->d_model;
+    add("embed.weight", c->vocab_size, D, &w->embed, -1, true, false);
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerWeights *L = &w->layer[l];
+        std::string p = "layers." + std::to_string(l) + ".";
+        if (c->family == FAMILY_GLA) {
+            int K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden, dv = V / c->n_head[l];
+            add(p + "attn_norm.weight", 1, D, &L->attn_norm, l, false, true);
+            add(p + "attn.q_proj.weight", K, D, &L->q_proj, l, true, true);
+            add(p + "attn.k_proj.weight", K, D, &L->k_proj, l, true, true);
+            add(p + "attn.v_proj.weight", V, D, &L->v_proj, l, true, true);
+            add(p + "attn.g_proj.weight", V, D, &L->g_proj, l, true, true);
+            add(p + "attn.gk_proj0.weight", r, D, &L->gk_proj0, l, true, true);
+            add(p + "attn.gk_proj1.weight", K, r, &L->gk_proj1, l, true, true);
+            add(p + "attn.gk_proj1.bias", 1, K, &L->gk_bias, l, false, true);
+            add(p + "attn.g_norm.weight", 1, dv, &L->g_norm, l, false, true);
+            add(p + "attn.o_proj.weight", D, V, &L->o_proj, l, true, true);
+            add(p + "mlp_norm.weight", 1, D, &L->mlp_norm, l, false, false);
+            add(p + "mlp.gate_proj.weight", F, D, &L->gate_proj, l, true, false);
+            add(p + "mlp.up_proj.weight", F, D, &L->up_proj, l, true, false);
+            add(p + "mlp.down_proj.weight", D, F, &L->down_proj, l, true, false);
+        } else {
+            int E = c->d_inner, nh = m2_nheads(c);
+            add(p + "norm.weight", 1, D, &L->norm, l, false, true);
+            add(p + "mixer.in_proj.weight", m2_in_dim(c, l), D, &L->in_proj, l, true, true);
+            add(p + "mixer.conv1d.weight", m2_conv_dim(c, l), c->d_conv, &L->conv_w, l, false, true);
+            add(p + "mixer.conv1d.bias", 1, m2_conv_dim(c, l), &L->conv_b, l, false, true);
+            add(p + "mixer.dt_bias", 1, nh, &L->dt_bias, l, false, true);
+            add(p + "mixer.A_log", 1, nh, &L->A_log, l, false, true);
+            add(p + "mixer.D", 1, nh, &L->D, l, false, true);
+            add(p + "mixer.norm.weight", 1, E, &L->gnorm, l, false, true);
+            add(p + "mixer.out_proj.weight", D, E, &L->out_proj, l, true, true);
+        }
+    }
+    add("norm.weight", 1, D, &w->norm_w, -1, false, false);
+    if (!c->tied) add("lm_head.weight", c->vocab_size, D, &w->lm_head, -1, true, false);
+    else if (base) w->lm_head = w->embed;
+    return t;
+}
+inline size_t num_params_of(const Config *c) {
+    std::vector<ParamTensor> t = param_layout(c);
+    return t.back().offset + t.back().size();
+}
+
+// ----------------------------------------------------------------------------
+// 3. activations for B sequences of T tokens (rows = B*T, token-major)
+
+// Chunk lengths of the chunked (parallel) forms. Any T works; the last chunk
+// may be short. GLA decays per key channel, so its intra-chunk scores need one
+// exp per (t, s, channel): short chunks keep that cheap. Mamba2 decays per head,
+// so longer chunks pay off.
+#define GLA_CHUNK 16
+#define SSD_CHUNK 64
+inline int n_chunks(int T, int C) { return (T + C - 1) / C; }
+
+// The token-mixing layers can run in either of two forms with the same math.
+enum { MIX_CHUNKED = 0, MIX_RECURRENT = 1 };
+
+struct LayerActs {
+    float *res;                         // [BT, D] residual stream entering the layer
+    // GLA
+    float *attn_rstd, *attn_in;         // [BT], [BT, D]  rmsnorm(res) * attn_norm
+    float *q, *k, *v, *og;              // [BT, K], [BT, K], [BT, V], [BT, V]
+    float *gk_low, *gk_pre, *gate;      // [BT, r], [BT, K] (W1 W0 u + b), [BT, K] log forget gate a
+    float *o, *o_rstd, *o_out;          // [BT, V] raw head outputs, [BT, H], [BT, V] normed and gated
+    float *S;                           // [B, H, nchunk+1, dk, dv] state entering each chunk (+ final)
+    float *S_all;                       // [B, H, T, dk, dv] state after every step (recurrent form only)
+    float *res_mid;                     // [BT, D] after the token mixing
+    float *mlp_rstd, *mlp_in;           // [BT], [BT, D]
+    float *mlp_gate, *mlp_up, *mlp_h;   // [BT, F] each; h = silu(gate) * up
+    // Mamba2
+    float *norm_rstd, *norm_out;        // [BT], [BT, D]
+    float *zxbcdt;                      // [BT, 2E + 2N + nh] in_proj output
+    float *conv_pre, *xbc;              // [BT, E + 2N] conv output before / after SiLU
+    float *dt;                          // [BT, nh] softplus(dt_raw + dt_bias)
+    float *y;                           // [BT, E] SSD output incl. D skip
+    float *y_rstd, *y_out;              // [BT], [BT, E] gated rmsnorm output
+    float *h;                           // [B, nh, nchunk+1, P, N] state entering each chunk (+ final)
+    float *h_all;                       // [B, nh, T, P, N] (recurrent form only)
+};
+struct Acts {
+    LayerActs layer[MAX_LAYER];
+    float *res_final;                   // [BT, D] residual after the last layer
+    float *final_rstd, *final_out;      // [BT], [BT, D]
+    float *logits;                      // [BT, vocab]
+    float *losses;                      // [BT] per-position cross-entropy (0 where ignored)
+    // backward scratch, shared by all layers (sized for the largest layer)
+    float *dres, *dx1, *dx2, *dx3, *dx4, *dx5, *dx6, *dx7, *dx8, *dx9;
+    float *dlogits;                     // [BT, vocab]
+    float *scratch;                     // per-thread work space for the scans
+    size_t scratch_per_thread;
+};
+
+// Per-thread scratch of the scans, in floats, for the largest layer: GLA's
+// chunk work space (see GlaWork in statex_cpu.cpp), Mamba2's backward buffers.
+inline size_t scan_scratch_floats(const Config *c) {
+    size_t most = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t s;
+        if (c->family == FAMILY_GLA) {
+            size_t hk = c->key_dim / c->n_head[l], hv = c->value_dim / c->n_head[l], C = GLA_CHUNK;
+            s = C * hk * 4 + C * C * hk + 2 * C * C + hk * hv + hk;
+        } else {
+            size_t N = c->d_state[l], P = c->headdim, C = SSD_CHUNK;
+            s = P * N + C + 2 * C * C + C * P + 2 * C * N;
+        }
+        most = std::max(most, s);
+    }
+    return most;
+}
+
+// Lays the activations out in one buffer (two passes: sizes, then pointers).
+// Returns the total size in floats. keep_steps: also room for the per-step
+// states of the recurrent form (tests only; grows with T*state).
+inline size_t acts_layout(const Config *c, int B, int T, int n_threads, bool keep_steps, float *base, Acts *a) {
+    size_t off = 0;
+    auto take = [&](float **slot, size_t n) {
+        if (base) *slot = base + off;
+        off += (n + 15) & ~(size_t)15;   // keep every buffer 64-byte aligned
+    };
+    Acts dummy;
+    if (!a) a = &dummy;
+    size_t BT = (size_t)B * T, D = c->d_model;
+    size_t widest = 0;  // widest per-token row any layer needs in backward scratch
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerActs *L = &a->layer[l];
+        take(&L->res, BT * D);
+        if (c->family == FAMILY_GLA) {
+            size_t K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden, H = c->n_head[l];
+            size_t states = K * V / H;
+            take(&L->attn_rstd, BT); take(&L->attn_in, BT * D);
+            take(&L->q, BT * K); take(&L->k, BT * K); take(&L->v, BT * V); take(&L->og, BT * V);
+            take(&L->gk_low, BT * r); take(&L->gk_pre, BT * K); take(&L->gate, BT * K);
+            take(&L->o, BT * V); take(&L->o_rstd, BT * H); take(&L->o_out, BT * V);
+            take(&L->S, (size_t)B * (n_chunks(T, GLA_CHUNK) + 1) * states);
+            if (keep_steps) take(&L->S_all, BT * states); else L->S_all = nullptr;
+            take(&L->res_mid, BT * D);
+            take(&L->mlp_rstd, BT); take(&L->mlp_in, BT * D);
+            take(&L->mlp_gate, BT * F); take(&L->mlp_up, BT * F); take(&L->mlp_h, BT * F);
+            size_t w = std::max(std::max(K, V), std::max(F, D));
+            widest = std::max(widest, w);
+        } else {
+            size_t E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+            size_t states = nh * P * N;
+            take(&L->norm_rstd, BT); take(&L->norm_out, BT * D);
+            take(&L->zxbcdt, BT * m2_in_dim(c, l));
+            take(&L->conv_pre, BT * m2_conv_dim(c, l)); take(&L->xbc, BT * m2_conv_dim(c, l));
+            take(&L->dt, BT * nh); take(&L->y, BT * E);
+            take(&L->y_rstd, BT); take(&L->y_out, BT * E);
+            take(&L->h, (size_t)B * (n_chunks(T, SSD_CHUNK) + 1) * states);
+            if (keep_steps) take(&L->h_all, BT * states); else L->h_all = nullptr;
+            size_t w = std::max((size_t)m2_in_dim(c, l), D);
+            widest = std::max(widest, w);
+        }
+    }
+    take(&a->res_final, BT * D);
+    take(&a->final_rstd, BT); take(&a->final_out, BT * D);
+    take(&a->logits, BT * c->vocab_size); take(&a->losses, BT);
+    // backward scratch: residual gradient, then nine row buffers of the widest width
+    take(&a->dres, BT * D);
+    float **dx[9] = {&a->dx1, &a->dx2, &a->dx3, &a->dx4, &a->dx5, &a->dx6, &a->dx7, &a->dx8, &a->dx9};
+    for (int i = 0; i < 9; i++) take(dx[i], BT * widest);
+    take(&a->dlogits, BT * c->vocab_size);
+    a->scratch_per_thread = (scan_scratch_floats(c) + 15) & ~(size_t)15;
+    take(&a->scratch, a->scratch_per_thread * n_threads);
+    return off;
+}
+
+// ----------------------------------------------------------------------------
+// 4. files
+
+// Writes `bytes` to `path` atomically: a temporary file beside it, flushed and
+// synced, then renamed over the target; so a crash or a full disk never leaves
+// a half-written file under the real name. "" on success, else the reason.
+inline std::string write_file_atomic(const std::string &path, const std::vector<std::pair<const void *, size_t>> &parts) {
+    std::string tmp = path + ".tmp";
+    FILE *f = fopen(tmp.c_str(), "wb");
+    if (!f) return strf("cannot open %s for writing: %s", tmp.c_str(), strerror(errno));
+    bool ok = true;
+    for (auto &p : parts) ok = ok && fwrite(p.first, 1, p.second, f) == p.second;
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int err = errno;
+    if (fclose(f) != 0 && ok) { ok = false; err = errno; }
+    if (!ok) { remove(tmp.c_str()); return strf("writing %s failed: %s", path.c_str(), strerror(err)); }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+        err = errno;
+        remove(tmp.c_str());
+        return strf("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(err));
+    }
+    return "";
+}
+
+// Reads a whole file. "" on success, else the reason.
+inline std::string read_file(const std::string &path, std::vector<char> *out) {
+    FILE *f = fopen(path.c_str(), "rb");
+    if (!f) return strf("cannot open %s: %s", path.c_str(), strerror(errno));
+    out->clear();
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out->insert(out->end(), buf, buf + n);
+    bool err = ferror(f);
+    fclose(f);
+    if (err) return strf("reading %s failed", path.c_str());
+    return "";
+}
+
+// Model file, version 1: int32 header[256], then the parameters as float32 in
+// param_layout order. See README.md "File formats".
+inline void config_to_header(const Config *c, int32_t h[256]) {
+    memset(h, 0, 256 * sizeof(int32_t));
+    h[0] = MODEL_MAGIC; h[1] = 1; h[2] = c->family;
+    h[3] = c->vocab_size; h[4] = c->d_model; h[5] = c->n_layer; h[6] = c->tied;
+    if (c->family == FAMILY_GLA) {
+        h[7] = c->key_dim; h[8] = c->value_dim; h[9] = c->gate_rank; h[10] = c->mlp_hidden;
+        for (int l = 0; l < c->n_layer; l++) h[64 + l] = c->n_head[l];
+    } else {
+        h[7] = c->d_inner; h[8] = c->headdim; h[9] = c->d_conv; h[10] = 0;
+        for (int l = 0; l < c->n_layer; l++) h[64 + l] = c->d_state[l];
+    }
+}
+
+inline std::string header_to_config(const int32_t h[256], Config *c) {
+    if (h[0] != MODEL_MAGIC) return strf("bad magic %d (expected %d): not a statex model file", h[0], MODEL_MAGIC);
+    if (h[1] != 1) return strf("unsupported version %d (expected 1)", h[1]);
+    memset(c, 0, sizeof *c);
+    c->family = h[2]; c->vocab_size = h[3]; c->d_model = h[4]; c->n_layer = h[5]; c->tied = h[6];
+    if (c->family == FAMILY_GLA) {
+        c->key_dim = h[7]; c->value_dim = h[8]; c->gate_rank = h[9]; c->mlp_hidden = h[10];
+    } else {
+        c->d_inner = h[7]; c->headdim = h[8]; c->d_conv = h[9];
+        if (c->family == FAMILY_MAMBA2 && h[10] != 0) return strf("header entry 10 is %d, must be 0 for Mamba2", h[10]);
+    }
+    if (c->n_layer < 1 || c->n_layer > MAX_LAYER) return strf("n_layer %d out of range 1..%d", c->n_layer, MAX_LAYER);
+    for (int i = 11; i < 64; i++) if (h[i] != 0) return strf("header entry %d is %d, must be 0", i, h[i]);
+    for (int i = 64 + c->n_layer; i < 256; i++) if (h[i] != 0) return strf("header entry %d is %d, must be 0", i, h[i]);
+    for (int l = 0; l < c->n_layer; l++) (c->family == FAMILY_GLA ? c->n_head : c->d_state)[l] = h[64 + l];
+    return config_problem(c);
+}
+
+// Reads a model file into a fresh malloc'ed flat buffer. Checks magic, version,
+// every size and the exact length; never reads past the end. "" on success.
+inline std::string read_model_file(const std::string &path, Config *c, float **params) {
+    std::vector<char> bytes;
+    std::string e = read_file(path, &bytes);
+    if (!e.empty()) return e;
+    if (bytes.size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes.size());
+    int32_t h[256];
+    memcpy(h, bytes.data(), 1024);
+    e = header_to_config(h, c);
+    if (!e.empty()) return path + ": " + e;
+    size_t n = num_params_of(c), want = 1024 + 4 * n;
+    if (bytes.size() != want)
+        return strf("%s: %s: %zu bytes, but the header's sizes need %zu (%zu parameters)", path.c_str(),
+                    bytes.size() < want ? "truncated" : "trailing bytes", bytes.size(), want, n);
+    *params = (float *)xmalloc(4 * n);
+    memcpy(*params, bytes.data() + 1024, 4 * n);
+    return "";
+}
+
+inline std::string write_model_file(const std::string &path, const Config *c, const float *params) {
+    int32_t h[256];
+    config_to_header(c, h);
+    return write_file_atomic(path, {{h, sizeof h}, {params, 4 * num_params_of(c)}});
+}
+
+// Debug state (DESIGN section 7): inputs, targets, logits, loss, gradients.
+struct DebugState {
+    int B, T, vocab_size;
+    size_t num_params;
+    std::vector<int> inputs, targets;
+    std::vector<float> logits, grads;
+    float loss;
+};
+
+inline std::string read_debug_state(const std::string &path, DebugState *s) {
+    std::vector<char> bytes;
+    std::string e = read_file(path, &bytes);
+    if (!e.empty()) return e;
+    if (bytes.size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes.size());
+    int32_t h[256];
+    memcpy(h, bytes.data(), 1024);
+    if (h[0] != STATE_MAGIC) return strf("%s: bad magic %d (expected %d): not a debug-state file", path.c_str(), h[0], STATE_MAGIC);
+    if (h[1] != 1) return strf("%s: unsupported version %d", path.c_str(), h[1]);
+    if (h[2] < 1 || h[3] < 1 || h[4] < 1 || h[5] < 1 || (int64_t)h[2] * h[3] > (1 << 24) || h[4] > (1 << 20))
+        return strf("%s: bad sizes B %d, T %d, vocab %d, num_params %d", path.c_str(), h[2], h[3], h[4], h[5]);
+    s->B = h[2]; s->T = h[3]; s->vocab_size = h[4]; s->num_params = (size_t)h[5];
+    size_t BT = (size_t)s->B * s->T;
+    size_t want = 1024 + 4 * (2 * BT + BT * s->vocab_size + 1 + s->num_params);
+    if (bytes.size() != want)
+        return strf("%s: %zu bytes, but its header needs %zu", path.c_str(), bytes.size(), want);
+    const char *p = bytes.data() + 1024;
+    s->inputs.resize(BT); memcpy(s->inputs.data(), p, 4 * BT); p += 4 * BT;
+    s->targets.resize(BT); memcpy(s->targets.data(), p, 4 * BT); p += 4 * BT;
+    s->logits.resize(BT * s->vocab_size); memcpy(s->logits.data(), p, 4 * BT * s->vocab_size); p += 4 * BT * s->vocab_size;
+    memcpy(&s->loss, p, 4); p += 4;
+    s->grads.resize(s->num_params); memcpy(s->grads.data(), p, 4 * s->num_params);
+    for (size_t i = 0; i < BT; i++) {
+        if (s->inputs[i] < 0 || s->inputs[i] >= s->vocab_size) return strf("%s: input %zu is %d, outside the vocabulary", path.c_str(), i, s->inputs[i]);
+        if (s->targets[i] < -1 || s->targets[i] >= s->vocab_size) return strf("%s: target %zu is %d, outside the vocabulary", path.c_str(), i, s->targets[i]);
+    }
+    return "";
+}
+
+inline std::string write_debug_state(const std::string &path, const DebugState *s) {
+    int32_t h[256] = {0};
+    h[0] = STATE_MAGIC; h[1] = 1; h[2] = s->B; h[3] = s->T; h[4] = s->vocab_size; h[5] = (int32_t)s->num_params;
+    size_t BT = (size_t)s->B * s->T;
+    return write_file_atomic(path, {{h, sizeof h}, {s->inputs.data(), 4 * BT}, {s->targets.data(), 4 * BT},
+                                    {s->logits.data(), 4 * BT * s->vocab_size}, {&s->loss, 4},
+                                    {s->grads.data(), 4 * s->num_params}});
+}
+
+// ----------------------------------------------------------------------------
+// 6. the model API
+
+// Recurrent state for generation: per layer, GLA S [B, H, dk, dv], or Mamba2
+// h [B, nh, P, N] followed by the conv window [B, d_conv-1, E+2N].
+struct RecState {
+    int B;
+    float *mem;
+    float *layer[MAX_LAYER];
+};
+
+struct Model {
+    Config config;
+    std::vector<ParamTensor> tensors;   // the file layout
+    size_t num_params;
+    float *params;  Weights w;          // host parameters and pointers into them
+    float *grads;   Weights g;          // same layout
+    // activations for up to B x T tokens (forward and backward)
+    int B, T, n_threads;
+    bool keep_steps;
+    float *acts_mem; Acts acts;
+    int mixer_form;                     // MIX_CHUNKED (default) or MIX_RECURRENT
+    float loss;                         // of the last forward with targets
+    int n_targets;                      // positions that counted in it
+    const int *inputs, *targets;        // of the last forward (for backward)
+    int cur_B, cur_T;                   // of the last forward
+};
+
+namespace cpu {
+// model lifecycle (statex_cpu.cpp)
+void model_init(Model *m, const Config *c, float *params /* owned; nullptr = zeros */);
+void model_alloc_acts(Model *m, int B, int T, bool keep_steps = false);
+void model_free(Model *m);
+void model_random_init(Model *m, uint64_t seed);
+void init_layer_mixer(Model *m, int l, Rng *rng);  // fresh token-mixing weights of layer l
+// forward over B x T tokens; targets may be nullptr (no loss); state, when
+// given, is the recurrent state to start from and is updated to the end.
+void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state = nullptr);
+void model_zero_grad(Model *m);
+void model_backward(Model *m);  // accumulates into m->grads
+// recurrent state for generation
+void state_alloc(const Config *c, int B, RecState *s);
+void state_zero(const Config *c, RecState *s);
+void state_free(RecState *s);
+size_t state_floats(const Config *c, int l, int B);
+}  // namespace cpu

@@ -1,0 +1,1193 @@
+// statex_cpu.cpp: every op of the two model families, forward and backward,
+// in plain C++ (Eigen for the big matmuls, OpenMP for the parallel loops), and
+// the model-level forward and backward passes built from them.
+//
+// Conventions (the same in statex.cu):
+//   - Tensors are row-major; activations have B*T rows, one per token, token t
+//     of sequence b at row b*T + t.
+//   - Linear weights are [out, in], so y = x W^T.
+//   - Every backward op ACCUMULATES (+=) into the gradients it writes, input
+//     and weight gradients alike; the caller zeroes them first. A tensor used
+//     twice (a residual, the tied embedding) then needs no extra code.
+//   - The recurrent form of each token mixer is the readable truth; the chunked
+//     form is the fast path with the same math; tests tie the two together.
+#include "model.h"
+#include <algorithm>
+#include <omp.h>
+#include <Eigen/Dense>
+
+namespace cpu {
+
+typedef Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> MatRM;
+typedef Eigen::Map<MatRM> MapM;
+typedef Eigen::Map<const MatRM> MapCM;
+
+static inline float silu(float x) { return x * sigmoidf_(x); }
+static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
+static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
+
+// ----------------------------------------------------------------------------
+// embedding: out[t] = embed[token[t]]
+
+void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
+    #pragma omp parallel for
+    for (int t = 0; t < BT; t++) memcpy(out + (size_t)t * D, embed + (size_t)tokens[t] * D, D * sizeof(float));
+}
+// dembed[token[t]] += dout[t]; two tokens may share a row, so threads own column blocks
+void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
+    #pragma omp parallel for
+    for (int j0 = 0; j0 < D; j0 += 64) {
+        int j1 = std::min(D, j0 + 64);
+        for (int t = 0; t < BT; t++) {
+            float *d = dembed + (size_t)tokens[t] * D;
+            const float *g = dout + (size_t)t * D;
+            for (int j = j0; j < j1; j++) d[j] += g[j];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// rmsnorm: out = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
+// backward, with n = x * rstd and g = dout * w:
+//   dx = rstd * (g - n * mean(g * n)),   dw += sum over rows of dout * n
+
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * D;
+        float *y = out + (size_t)i * D;
+        float ss = 0;
+        for (int j = 0; j < D; j++) ss += x[j] * x[j];
+        float r = 1.0f / sqrtf(ss / D + RMS_EPS);
+        rstd[i] = r;
+        for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
+    }
+}
+
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
+    #pragma omp parallel for reduction(+ : dw[:D])
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * D, *dy = dout + (size_t)i * D;
+        float *dx = dinp + (size_t)i * D;
+        float r = rstd[i], dot = 0;
+        for (int j = 0; j < D; j++) dot += dy[j] * w[j] * x[j] * r;
+        dot /= D;
+        for (int j = 0; j < D; j++) {
+            float n = x[j] * r;
+            dx[j] += r * (dy[j] * w[j] - n * dot);
+            dw[j] += dy[j] * n;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// matmul: out[N, OC] = inp[N, C] W[OC, C]^T (+ bias[OC])
+// backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
+
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    MapM y(out, N, OC);
+    y.noalias() = MapCM(inp, N, C) * MapCM(w, OC, C).transpose();
+    if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+}
+
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
+    MapCM dy(dout, N, OC);
+    if (dinp) MapM(dinp, N, C).noalias() += dy * MapCM(w, OC, C);
+    if (dw) MapM(dw, OC, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+    if (dbias) Eigen::Map<Eigen::RowVectorXf>(dbias, OC) += dy.colwise().sum();
+}
+
+// residual: out = a + b (out may be a or b)
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
+
+void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) h[i] = silu(g[i]) * u[i];
+}
+void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        dg[i] += dh[i] * u[i] * silu_grad(g[i]);
+        du[i] += dh[i] * silu(g[i]);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// GLA forget gate: a = logsigmoid(x) / 16  (a <= 0 is the log of the decay)
+// logsigmoid(x) = min(x, 0) - log(1 + e^-|x|);  d/dx = sigmoid(-x)
+
+void gla_gate_forward(float *a, const float *x, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1pf(exp_fast(-fabsf(x[i])))) / 16.0f;
+}
+void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) dx[i] += da[i] * sigmoidf_(-x[i]) / 16.0f;
+}
+
+// ----------------------------------------------------------------------------
+// GLA token mixing, recurrent form (the readable truth). Per sequence and head,
+// with q_t, k_t in R^hk, v_t in R^hv, a_t in R^hk (log decay per key channel),
+// hk = K/H and hv = V/H the per-head sizes (DESIGN's dk, dv):
+//     S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T        S in R^{hk x hv}
+//     o_t = hk^-1/2 S_t^T q_t
+// Head h reads columns h*hk.. of q, k, a and h*hv.. of v, writes h*hv.. of o.
+// S: [B, H, hk, hv], the state to start from, updated in place to the end.
+// S_all: nullptr, or [B, H, T, hk, hv] to keep S_t for the backward pass.
+
+void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+                           const float *a, int B, int T, int H, int K, int V) {
+    int hk = K / H, hv = V / H;
+    float scale = 1.0f / sqrtf((float)hk);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *Sbh = S + ((size_t)b * H + h) * hk * hv;
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t;
+                const float *qt = q + row * K + h * hk, *kt = k + row * K + h * hk, *at = a + row * K + h * hk;
+                const float *vt = v + row * V + h * hv;
+                float *ot = o + row * V + h * hv;
+                for (int j = 0; j < hv; j++) ot[j] = 0;
+                for (int i = 0; i < hk; i++) {
+                    float decay = exp_fast(at[i]), qi = qt[i] * scale;
+                    float *Si = Sbh + (size_t)i * hv;
+                    for (int j = 0; j < hv; j++) {
+                        Si[j] = decay * Si[j] + kt[i] * vt[j];
+                        ot[j] += qi * Si[j];
+                    }
+                }
+                if (S_all) memcpy(S_all + (((size_t)b * H + h) * T + t) * hk * hv, Sbh, sizeof(float) * hk * hv);
+            }
+        }
+}
+
+// Backward of the recurrent form, from a zero initial state, walking t down:
+//     dS   += hk^-1/2 q_t do_t^T                (now the gradient of S_t)
+//     dq_t += hk^-1/2 S_t do_t,  dk_t += dS v_t,  dv_t += dS^T k_t
+//     da_t += exp(a_t) * rowsum(dS * S_{t-1})
+//     dS    = diag(exp(a_t)) dS                  (the gradient of S_{t-1})
+// dS_scratch: [n_threads, hk*hv].
+void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+                            const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
+                            float *scratch, size_t scratch_per_thread) {
+    int hk = K / H, hv = V / H;
+    float scale = 1.0f / sqrtf((float)hk);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *dS = scratch + omp_get_thread_num() * scratch_per_thread;
+            zero(dS, (size_t)hk * hv);
+            const float *Sbh = S_all + ((size_t)b * H + h) * T * hk * hv;
+            for (int t = T - 1; t >= 0; t--) {
+                size_t row = (size_t)b * T + t;
+                const float *qt = q + row * K + h * hk, *kt = k + row * K + h * hk, *at = a + row * K + h * hk;
+                const float *vt = v + row * V + h * hv, *dot = dout + row * V + h * hv;
+                float *dqt = dq + row * K + h * hk, *dkt = dk + row * K + h * hk, *dat = da + row * K + h * hk;
+                float *dvt = dv + row * V + h * hv;
+                const float *St = Sbh + (size_t)t * hk * hv, *Sprev = t > 0 ? St - (size_t)hk * hv : nullptr;
+                for (int i = 0; i < hk; i++) {
+                    float *dSi = dS + (size_t)i * hv;
+                    const float *Si = St + (size_t)i * hv;
+                    float sq = 0, sk = 0, sa = 0;
+                    for (int j = 0; j < hv; j++) {
+                        dSi[j] += scale * qt[i] * dot[j];
+                        sq += Si[j] * dot[j];
+                        sk += dSi[j] * vt[j];
+                        dvt[j] += dSi[j] * kt[i];
+                        if (Sprev) sa += dSi[j] * Sprev[(size_t)i * hv + j];
+                    }
+                    float decay = exp_fast(at[i]);
+                    dqt[i] += scale * sq;
+                    dkt[i] += sk;
+                    dat[i] += decay * sa;
+                    for (int j = 0; j < hv; j++) dSi[j] *= decay;
+                }
+            }
+        }
+}
+
+// ----------------------------------------------------------------------------
+// GLA token mixing, chunked form (the fast path). Split the sequence into
+// chunks of C = GLA_CHUNK steps; inside a chunk let b_t = a_t0 + .. + a_t be the
+// cumulative log decay (b <= 0, falling). With S_in the state entering the chunk:
+//     o_t   = hk^-1/2 [ (q_t . e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ]
+//     A_ts  = sum_i q_t[i] k_s[i] e^{b_t[i] - b_s[i]}
+//     S_out = diag(e^{b_last}) S_in + sum_s (k_s . e^{b_last - b_s}) v_s^T
+// Only differences b_t - b_s (<= 0) are exponentiated, never e^{-b} alone,
+// which would overflow once b falls below about -88 (DESIGN's pitfall).
+// S: [B, H, nchunk+1, hk, hv]; S[.., 0, ..] is the initial state (input), the
+// rest are written: the state entering each chunk, and last the final state.
+// These chunk states are all the backward pass keeps of the recurrence.
+
+// The scratch of one (sequence, head) task in the chunked GLA passes.
+struct GlaWork {
+    float *cum;   // [C, hk] cumulative log decay inside the chunk
+    float *E;     // [C, C, hk] e^{b_t - b_s} for s <= t
+    float *A;     // [C, C] intra-chunk scores (scaled)
+    float *dA;    // [C, C]
+    float *dS;    // [hk, hv] gradient of the state leaving the chunk
+    float *qe;    // [C, hk] (q_t . e^{b_t}) scaled
+    float *dql, *dkl;  // [C, hk] the chunk's own dq, hk (complete once the chunk is done)
+    float *run;   // [hk] running reverse sum of the decay gradient
+};
+// (scan_scratch_floats in model.h sizes it.)
+static GlaWork gla_work(float *ws, int hk, int hv) {
+    const int C = GLA_CHUNK;
+    GlaWork w;
+    w.cum = ws; ws += C * hk;
+    w.E = ws; ws += (size_t)C * C * hk;
+    w.A = ws; ws += C * C;
+    w.dA = ws; ws += C * C;
+    w.dS = ws; ws += (size_t)hk * hv;
+    w.qe = ws; ws += C * hk;
+    w.dql = ws; ws += C * hk;
+    w.dkl = ws; ws += C * hk;
+    w.run = ws;
+    return w;
+}
+
+// Fills cum (cumulative log decay), E (decay between every pair s <= t) and A
+// (the scaled scores) for the chunk of `len` steps starting at row0.
+static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const float *a, size_t row0, int len,
+                              int K, int hk, int h, float scale) {
+    for (int t = 0; t < len; t++) {
+        const float *at = a + (row0 + t) * K + h * hk;
+        float *ct = w->cum + t * hk;
+        for (int i = 0; i < hk; i++) ct[i] = (t ? ct[i - hk] : 0.0f) + at[i];
+    }
+    for (int t = 0; t < len; t++) {
+        const float *qt = q + (row0 + t) * K + h * hk, *ct = w->cum + t * hk;
+        for (int s = 0; s <= t; s++) {
+            const float *ks = k + (row0 + s) * K + h * hk, *cs = w->cum + s * hk;
+            float *e = w->E + ((size_t)t * GLA_CHUNK + s) * hk, dot = 0;
+            for (int i = 0; i < hk; i++) {
+                e[i] = exp_fast(ct[i] - cs[i]);
+                dot += qt[i] * ks[i] * e[i];
+            }
+            w->A[t * GLA_CHUNK + s] = scale * dot;
+        }
+    }
+}
+
+void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
+                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_thread) {
+    const int C = GLA_CHUNK, nc = n_chunks(T, C);
+    int hk = K / H, hv = V / H;
+    float scale = 1.0f / sqrtf((float)hk);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_thread, hk, hv);
+            float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
+            for (int c = 0; c < nc; c++) {
+                size_t row0 = (size_t)b * T + (size_t)c * C;
+                int len = std::min(C, T - c * C);
+                const float *Sin = Sbh + (size_t)c * hk * hv;
+                float *Sout = Sbh + (size_t)(c + 1) * hk * hv;
+                gla_chunk_prepare(&w, q, k, a, row0, len, K, hk, h, scale);
+                for (int t = 0; t < len; t++) {
+                    const float *qt = q + (row0 + t) * K + h * hk, *ct = w.cum + t * hk;
+                    float *ot = o + (row0 + t) * V + h * hv;
+                    for (int j = 0; j < hv; j++) ot[j] = 0;
+                    for (int i = 0; i < hk; i++) {  // inter-chunk: the state entering the chunk
+                        float qi = scale * qt[i] * exp_fast(ct[i]);
+                        const float *Si = Sin + (size_t)i * hv;
+                        for (int j = 0; j < hv; j++) ot[j] += qi * Si[j];
+                    }
+                    for (int s = 0; s <= t; s++) {  // intra-chunk
+                        float A = w.A[t * C + s];
+                        const float *vs = v + (row0 + s) * V + h * hv;
+                        for (int j = 0; j < hv; j++) ot[j] += A * vs[j];
+                    }
+                }
+                const float *clast = w.cum + (len - 1) * hk;
+                for (int i = 0; i < hk; i++) {
+                    float d = exp_fast(clast[i]);
+                    for (int j = 0; j < hv; j++) Sout[(size_t)i * hv + j] = d * Sin[(size_t)i * hv + j];
+                }
+                for (int s = 0; s < len; s++) {
+                    const float *ks = k + (row0 + s) * K + h * hk, *cs = w.cum + s * hk;
+                    const float *vs = v + (row0 + s) * V + h * hv;
+                    for (int i = 0; i < hk; i++) {
+                        float ki = ks[i] * exp_fast(clast[i] - cs[i]);
+                        float *So = Sout + (size_t)i * hv;
+                        for (int j = 0; j < hv; j++) So[j] += ki * vs[j];
+                    }
+                }
+            }
+        }
+}
+
+// Backward of the chunked form, chunks in reverse, carrying dS (the gradient of
+// the state leaving the chunk). With dA_ts = hk^-1/2 do_t . v_s for s <= t:
+//     dq_t  = e^{b_t} . (hk^-1/2 S_in do_t) + sum_{s<=t} dA_ts e^{b_t-b_s} . k_s
+//     dks  = sum_{t>=s} dA_ts e^{b_t-b_s} . q_t + e^{b_last-b_s} . (dS v_s)
+//     dvs  = sum_{t>=s} A_ts do_t + dS^T (k_s . e^{b_last-b_s})
+//     dS_in = hk^-1/2 sum_t (q_t . e^{b_t}) do_t^T + diag(e^{b_last}) dS
+// The decay gradient needs no per-step state: every term depends on the decay
+// only through differences of the global cumulative sum B_t, and
+//     dL/dB_t = q_t . dq_t - k_t . dk_t,
+// so da_t = sum_{t' >= t} (q_t' . dq_t' - k_t' . dk_t'), a reverse running sum
+// that we carry across the chunks as we walk back.
+void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
+                        const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
+                        float *scratch, size_t scratch_per_thread) {
+    const int C = GLA_CHUNK, nc = n_chunks(T, C);
+    int hk = K / H, hv = V / H;
+    float scale = 1.0f / sqrtf((float)hk);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_thread, hk, hv);
+            const float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
+            zero(w.dS, (size_t)hk * hv);
+            zero(w.run, hk);
+            for (int c = nc - 1; c >= 0; c--) {
+                size_t row0 = (size_t)b * T + (size_t)c * C;
+                int len = std::min(C, T - c * C);
+                const float *Sin = Sbh + (size_t)c * hk * hv;
+                gla_chunk_prepare(&w, q, k, a, row0, len, K, hk, h, scale);
+                const float *clast = w.cum + (len - 1) * hk;
+                zero(w.dql, (size_t)len * hk);
+                zero(w.dkl, (size_t)len * hk);
+                // intra-chunk
+                for (int t = 0; t < len; t++) {
+                    const float *dot = dout + (row0 + t) * V + h * hv;
+                    for (int s = 0; s <= t; s++) {
+                        const float *vs = v + (row0 + s) * V + h * hv;
+                        float *dvs = dv + (row0 + s) * V + h * hv;
+                        float A = w.A[t * C + s], d = 0;
+                        for (int j = 0; j < hv; j++) {
+                            d += dot[j] * vs[j];
+                            dvs[j] += A * dot[j];
+                        }
+                        w.dA[t * C + s] = scale * d;
+                    }
+                }
+                for (int t = 0; t < len; t++) {
+                    const float *qt = q + (row0 + t) * K + h * hk;
+                    float *dqt = w.dql + t * hk;
+                    for (int s = 0; s <= t; s++) {
+                        const float *ks = k + (row0 + s) * K + h * hk, *e = w.E + ((size_t)t * C + s) * hk;
+                        float *dks = w.dkl + s * hk, g = w.dA[t * C + s];
+                        for (int i = 0; i < hk; i++) {
+                            dqt[i] += g * e[i] * ks[i];
+                            dks[i] += g * e[i] * qt[i];
+                        }
+                    }
+                }
+                // inter-chunk: o_t read S_in; S_out was built from k_s, v_s
+                for (int t = 0; t < len; t++) {
+                    const float *dot = dout + (row0 + t) * V + h * hv, *ct = w.cum + t * hk;
+                    for (int i = 0; i < hk; i++) {
+                        const float *Si = Sin + (size_t)i * hv;
+                        float d = 0;
+                        for (int j = 0; j < hv; j++) d += Si[j] * dot[j];
+                        w.dql[t * hk + i] += scale * exp_fast(ct[i]) * d;
+                    }
+                }
+                for (int s = 0; s < len; s++) {
+                    const float *ks = k + (row0 + s) * K + h * hk, *vs = v + (row0 + s) * V + h * hv, *cs = w.cum + s * hk;
+                    float *dvs = dv + (row0 + s) * V + h * hv;
+                    for (int i = 0; i < hk; i++) {
+                        float e = exp_fast(clast[i] - cs[i]), d = 0;
+                        const float *dSi = w.dS + (size_t)i * hv;
+                        for (int j = 0; j < hv; j++) {
+                            d += dSi[j] * vs[j];
+                            dvs[j] += dSi[j] * ks[i] * e;
+                        }
+                        w.dkl[s * hk + i] += e * d;
+                    }
+                }
+                // dS_in = diag(e^{b_last}) dS + hk^-1/2 sum_t (q_t . e^{b_t}) do_t^T
+                for (int i = 0; i < hk; i++) {
+                    float d = exp_fast(clast[i]);
+                    float *dSi = w.dS + (size_t)i * hv;
+                    for (int j = 0; j < hv; j++) dSi[j] *= d;
+                }
+                for (int t = 0; t < len; t++) {
+                    const float *qt = q + (row0 + t) * K + h * hk, *ct = w.cum + t * hk;
+                    const float *dot = dout + (row0 + t) * V + h * hv;
+                    for (int i = 0; i < hk; i++) {
+                        float qi = scale * qt[i] * exp_fast(ct[i]);
+                        float *dSi = w.dS + (size_t)i * hv;
+                        for (int j = 0; j < hv; j++) dSi[j] += qi * dot[j];
+                    }
+                }
+                // write dq, hk and the decay gradient (reverse running sum)
+                for (int t = len - 1; t >= 0; t--) {
+                    size_t off = (row0 + t) * K + h * hk;
+                    const float *qt = q + off, *kt = k + off;
+                    for (int i = 0; i < hk; i++) {
+                        float gq = w.dql[t * hk + i], gk = w.dkl[t * hk + i];
+                        dq[off + i] += gq;
+                        dk[off + i] += gk;
+                        w.run[i] += qt[i] * gq - kt[i] * gk;
+                        da[off + i] += w.run[i];
+                    }
+                }
+            }
+        }
+}
+
+// ----------------------------------------------------------------------------
+// GLA per-head output norm and gate, for each head's dv slice:
+//     out = rmsnorm(o) * w * silu(og)      (w = g_norm, shared by all heads)
+// backward, with n = o * rstd and g = dout * w * silu(og):
+//     do += rstd * (g - n * mean(g * n)),  dog += dout * n * w * silu'(og),  dw += dout * n * silu(og)
+
+void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
+    #pragma omp parallel for
+    for (int r = 0; r < BT * H; r++) {
+        size_t off = (size_t)r * dv;
+        float ss = 0;
+        for (int j = 0; j < dv; j++) ss += o[off + j] * o[off + j];
+        float rs = 1.0f / sqrtf(ss / dv + RMS_EPS);
+        rstd[r] = rs;
+        for (int j = 0; j < dv; j++) out[off + j] = o[off + j] * rs * w[j] * silu(og[off + j]);
+    }
+}
+
+void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
+                             const float *w, const float *rstd, int BT, int H, int dv) {
+    #pragma omp parallel for reduction(+ : dw[:dv])
+    for (int r = 0; r < BT * H; r++) {
+        size_t off = (size_t)r * dv;
+        float rs = rstd[r], dot = 0;
+        for (int j = 0; j < dv; j++) dot += dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs;
+        dot /= dv;
+        for (int j = 0; j < dv; j++) {
+            float n = o[off + j] * rs, sg = silu(og[off + j]);
+            do_[off + j] += rs * (dout[off + j] * w[j] * sg - n * dot);
+            dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
+            dw[j] += dout[off + j] * n * sg;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 causal depthwise conv1d over the channels x, B, C, then SiLU:
+//     pre_t[c] = bias[c] + sum_{j<W} w[c][j] in_{t-(W-1)+j}[c],   out = silu(pre)
+// Inputs before t = 0 come from conv_state ([B, W-1, Cc], the last W-1 inputs
+// seen so far) or are zero when it is nullptr; conv_state is then updated.
+// `in` rows have stride in_stride (it is a slice of the in_proj output).
+
+static inline float conv_input(const float *in, int in_stride, const float *conv_state, int b, int T, int tau, int c, int Cc, int W) {
+    if (tau >= 0) return in[((size_t)b * T + tau) * in_stride + c];
+    return conv_state ? conv_state[((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c] : 0.0f;
+}
+
+void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
+                         float *conv_state, int B, int T, int Cc, int W) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            for (int c = 0; c < Cc; c++) {
+                float acc = bias[c];
+                for (int j = 0; j < W; j++) acc += w[c * W + j] * conv_input(in, in_stride, conv_state, b, T, t - (W - 1) + j, c, Cc, W);
+                pre[row * Cc + c] = acc;
+                out[row * Cc + c] = silu(acc);
+            }
+        }
+    if (!conv_state) return;
+    for (int b = 0; b < B; b++)  // keep the last W-1 inputs; ascending i reads index T+i >= i, so in place is safe
+        for (int i = 0; i < W - 1; i++)
+            for (int c = 0; c < Cc; c++)
+                conv_state[((size_t)b * (W - 1) + i) * Cc + c] = conv_input(in, in_stride, conv_state, b, T, T - (W - 1) + i, c, Cc, W);
+}
+
+// backward (zero initial window): g = dout * silu'(pre);  dbias[c] += sum_t g_t[c];
+//     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
+// Threads own blocks of channels, so nothing is written by two threads.
+void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
+                          const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
+    #pragma omp parallel for
+    for (int c0 = 0; c0 < Cc; c0 += 32) {
+        int c1 = std::min(Cc, c0 + 32);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t;
+                for (int c = c0; c < c1; c++) {
+                    float g = dout[row * Cc + c] * silu_grad(pre[row * Cc + c]);
+                    dbias[c] += g;
+                    for (int j = 0; j < W; j++) {
+                        int tau = t - (W - 1) + j;
+                        if (tau < 0) continue;
+                        size_t r2 = (size_t)b * T + tau;
+                        dw[c * W + j] += g * in[r2 * in_stride + c];
+                        din[r2 * din_stride + c] += g * w[c * W + j];
+                    }
+                }
+            }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 step size: dt = softplus(raw + dt_bias), per token and head.
+// d raw = d dt * sigmoid(raw + dt_bias); d dt_bias the same, summed.
+
+void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
+    #pragma omp parallel for
+    for (int r = 0; r < BT; r++)
+        for (int h = 0; h < nh; h++) dt[(size_t)r * nh + h] = softplusf(raw[(size_t)r * raw_stride + h] + bias[h]);
+}
+void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
+                          const float *bias, int BT, int nh) {
+    #pragma omp parallel for reduction(+ : dbias[:nh])
+    for (int r = 0; r < BT; r++)
+        for (int h = 0; h < nh; h++) {
+            float g = ddt[(size_t)r * nh + h] * sigmoidf_(raw[(size_t)r * raw_stride + h] + bias[h]);
+            draw[(size_t)r * draw_stride + h] += g;
+            dbias[h] += g;
+        }
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 SSD, recurrent form (the readable truth). xbc rows hold x [E], B [N],
+// C [N] (Cc = E + 2N); head h owns channels h*P .. h*P+P-1 of x; B, C are
+// shared by all heads (one group). With A_h = -exp(A_log[h]):
+//     h_t[p][n] = exp(dt_t A_h) h_{t-1}[p][n] + dt_t x_t[p] B_t[n]
+//     y_t[p]    = sum_n C_t[n] h_t[p][n] + D_h x_t[p]
+// hs: [B, nh, P, N] state to start from, updated in place; h_all: nullptr or
+// [B, nh, T, P, N] to keep every step for the backward pass.
+
+void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
+                           const float *Dskip, int B, int T, int nh, int P, int N) {
+    int E = nh * P, Cc = E + 2 * N;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++) {
+            float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t;
+                const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
+                float dtt = dt[row * nh + h], decay = expf(dtt * A);
+                for (int p = 0; p < P; p++) {
+                    float *hp = hb + (size_t)p * N, acc = 0, xp = dtt * x[p];
+                    for (int n = 0; n < N; n++) {
+                        hp[n] = decay * hp[n] + xp * Bt[n];
+                        acc += Ct[n] * hp[n];
+                    }
+                    y[row * E + h * P + p] = acc + Dskip[h] * x[p];
+                }
+                if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
+            }
+        }
+}
+
+// Backward of the recurrent form from a zero initial state, walking t down:
+//     dh    += dy_t C_t^T                        (now the gradient of h_t)
+//     dC_t  += h_t^T dy_t,   dx_t += D dy_t + dt_t dh B_t,   dB_t += dt_t dh^T x_t
+//     ddt_t += x_t^T dh B_t + A exp(dt_t A) <dh, h_{t-1}>,   dA += dt_t exp(dt_t A) <dh, h_{t-1}>
+//     dD    += dy_t . x_t,   dh = exp(dt_t A) dh  (the gradient of h_{t-1})
+// Threads own whole sequences (B and C are shared by the heads).
+void ssd_recurrent_backward(float *dxbc, float *ddt, float *dA_log, float *dD, const float *dy, const float *h_all,
+                            const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    int E = nh * P, Cc = E + 2 * N;
+    #pragma omp parallel for reduction(+ : dA_log[:nh], dD[:nh])
+    for (int b = 0; b < B; b++) {
+        float *dh = scratch + omp_get_thread_num() * scratch_per_thread;
+        for (int h = 0; h < nh; h++) {
+            zero(dh, (size_t)P * N);
+            float A = -expf(A_log[h]);
+            const float *hbh = h_all + ((size_t)b * nh + h) * T * P * N;
+            for (int t = T - 1; t >= 0; t--) {
+                size_t row = (size_t)b * T + t;
+                const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
+                const float *dyt = dy + row * E + h * P, *ht = hbh + (size_t)t * P * N;
+                const float *hprev = t > 0 ? ht - (size_t)P * N : nullptr;
+                float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
+                float dtt = dt[row * nh + h], decay = expf(dtt * A), sdec = 0, sdt = 0;
+                for (int p = 0; p < P; p++) {
+                    float *dhp = dh + (size_t)p * N;
+                    const float *hp = ht + (size_t)p * N;
+                    float sb = 0;
+                    for (int n = 0; n < N; n++) {
+                        dhp[n] += dyt[p] * Ct[n];
+                        dC[n] += hp[n] * dyt[p];
+                        dB[n] += dtt * dhp[n] * x[p];
+                        sb += dhp[n] * Bt[n];
+                        if (hprev) sdec += dhp[n] * hprev[(size_t)p * N + n];
+                    }
+                    dx[p] += Dskip[h] * dyt[p] + dtt * sb;
+                    sdt += x[p] * sb;
+                    dD[h] += dyt[p] * x[p];
+                }
+                ddt[row * nh + h] += sdt + A * decay * sdec;
+                dA_log[h] += dtt * decay * sdec * A;  // d/dA_log = dA * A
+                for (size_t i = 0; i < (size_t)P * N; i++) dh[i] *= decay;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 SSD, chunked form (state space duality). In a chunk of C = SSD_CHUNK
+// steps let c_t = dt_t0 A + .. + dt_t A (cumulative log decay, a scalar per
+// head), v_s = dt_s x_s and L_ts = e^{c_t - c_s} for s <= t. Then
+//     y_t   = sum_{s<=t} L_ts (C_t . B_s) v_s + e^{c_t} H_in C_t + D x_t
+//     H_out = e^{c_last} H_in + sum_s e^{c_last - c_s} v_s B_s^T
+// The first term is a masked (C x C) attention-like product: the "dual" of the
+// recurrence. hs: [B, nh, nchunk+1, P, N], hs[.., 0, ..] the initial state
+// (input), then the state entering each chunk and the final state.
+
+void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    const int C = SSD_CHUNK, nc = n_chunks(T, C);
+    int E = nh * P, Cc = E + 2 * N;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++) {
+            float *cum = scratch + omp_get_thread_num() * scratch_per_thread, *M = cum + C;  // [C], [C, C]
+            float A = -expf(A_log[h]);
+            float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
+            for (int c = 0; c < nc; c++) {
+                size_t row0 = (size_t)b * T + (size_t)c * C;
+                int len = std::min(C, T - c * C);
+                const float *Hin = Hbh + (size_t)c * P * N;
+                float *Hout = Hbh + (size_t)(c + 1) * P * N;
+                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dt[(row0 + t) * nh + h] * A;
+                // M_ts = L_ts (C_t . B_s) dt_s
+                for (int t = 0; t < len; t++) {
+                    const float *Ct = xbc + (row0 + t) * Cc + E + N;
+                    for (int s = 0; s <= t; s++) {
+                        const float *Bs = xbc + (row0 + s) * Cc + E;
+                        float cb = 0;
+                        for (int n = 0; n < N; n++) cb += Ct[n] * Bs[n];
+                        M[t * C + s] = exp_fast(cum[t] - cum[s]) * cb * dt[(row0 + s) * nh + h];
+                    }
+                }
+                for (int t = 0; t < len; t++) {
+                    const float *xt = xbc + (row0 + t) * Cc + h * P, *Ct = xbc + (row0 + t) * Cc + E + N;
+                    float *yt = y + (row0 + t) * E + h * P, et = exp_fast(cum[t]);
+                    for (int p = 0; p < P; p++) {
+                        const float *Hp = Hin + (size_t)p * N;
+                        float acc = 0;
+                        for (int n = 0; n < N; n++) acc += Hp[n] * Ct[n];
+                        yt[p] = et * acc + Dskip[h] * xt[p];
+                    }
+                    for (int s = 0; s <= t; s++) {
+                        const float *xs = xbc + (row0 + s) * Cc + h * P;
+                        float m = M[t * C + s];
+                        for (int p = 0; p < P; p++) yt[p] += m * xs[p];
+                    }
+                }
+                float elast = exp_fast(cum[len - 1]);
+                for (size_t i = 0; i < (size_t)P * N; i++) Hout[i] = elast * Hin[i];
+                for (int s = 0; s < len; s++) {
+                    const float *xs = xbc + (row0 + s) * Cc + h * P, *Bs = xbc + (row0 + s) * Cc + E;
+                    float ws = exp_fast(cum[len - 1] - cum[s]) * dt[(row0 + s) * nh + h];
+                    for (int p = 0; p < P; p++) {
+                        float *Hp = Hout + (size_t)p * N, xp = ws * xs[p];
+                        for (int n = 0; n < N; n++) Hp[n] += xp * Bs[n];
+                    }
+                }
+            }
+        }
+}
+
+// Backward of the chunked form, chunks in reverse carrying dH (gradient of the
+// state leaving the chunk). With G_ts = L_ts (dy_t . v_s):
+//     dv_s  = sum_{t>=s} L_ts (C_t . B_s) dy_t + e^{c_last-c_s} dH B_s
+//     dx_s += dt_s dv_s + D dy_s,   ddt_s += x_s . dv_s,   dD += dy_s . x_s
+//     dC_t += sum_{s<=t} G_ts B_s + e^{c_t} H_in^T dy_t
+//     dB_s += sum_{t>=s} G_ts C_t + e^{c_last-c_s} dH^T v_s
+//     dH_in = sum_t e^{c_t} dy_t C_t^T + e^{c_last} dH
+// As in GLA, the decay enters only through differences of the global cumulative
+// sum, so dL/dcum_t = C_t . dC_t - B_t . dB_t (this head's parts of dC, dB), and
+// the gradient of the log decay dt_t A is its reverse running sum; from it
+// ddt_t += A * that and dA_log += dt_t * A * that.
+// Threads own whole sequences, so the shared B, C gradients need no locks.
+void ssd_chunk_backward(float *dxbc, float *ddt, float *dA_log, float *dD, const float *dy, const float *hs,
+                        const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    const int C = SSD_CHUNK, nc = n_chunks(T, C);
+    int E = nh * P, Cc = E + 2 * N;
+    #pragma omp parallel for reduction(+ : dA_log[:nh], dD[:nh])
+    for (int b = 0; b < B; b++) {
+        float *ws = scratch + omp_get_thread_num() * scratch_per_thread;
+        float *dH = ws, *cum = dH + (size_t)P * N, *CB = cum + C, *G = CB + C * C;
+        float *dv = G + C * C, *dBh = dv + C * P, *dCh = dBh + C * N;
+        for (int h = 0; h < nh; h++) {
+            float A = -expf(A_log[h]), run = 0;
+            const float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
+            zero(dH, (size_t)P * N);
+            for (int c = nc - 1; c >= 0; c--) {
+                size_t row0 = (size_t)b * T + (size_t)c * C;
+                int len = std::min(C, T - c * C);
+                const float *Hin = Hbh + (size_t)c * P * N;
+                auto X = [&](int t) { return xbc + (row0 + t) * Cc + h * P; };
+                auto Bv = [&](int t) { return xbc + (row0 + t) * Cc + E; };
+                auto Cv = [&](int t) { return xbc + (row0 + t) * Cc + E + N; };
+                auto dY = [&](int t) { return dy + (row0 + t) * E + h * P; };
+                auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
+                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
+                float clast = cum[len - 1];
+                zero(dv, (size_t)len * P); zero(dBh, (size_t)len * N); zero(dCh, (size_t)len * N);
+                // CB_ts = C_t . B_s and G_ts = L_ts dt_s (dy_t . x_s), for s <= t
+                for (int t = 0; t < len; t++)
+                    for (int s = 0; s <= t; s++) {
+                        float cb = 0, g = 0;
+                        for (int n = 0; n < N; n++) cb += Cv(t)[n] * Bv(s)[n];
+                        for (int p = 0; p < P; p++) g += dY(t)[p] * X(s)[p];
+                        float L = exp_fast(cum[t] - cum[s]);
+                        CB[t * C + s] = L * cb;
+                        G[t * C + s] = L * DT(s) * g;
+                    }
+                for (int t = 0; t < len; t++) {
+                    float et = exp_fast(cum[t]);
+                    for (int s = 0; s <= t; s++) {  // intra: dv_s, dC_t, dB_s
+                        float m = CB[t * C + s], g = G[t * C + s];
+                        for (int p = 0; p < P; p++) dv[s * P + p] += m * dY(t)[p];
+                        for (int n = 0; n < N; n++) {
+                            dCh[t * N + n] += g * Bv(s)[n];
+                            dBh[s * N + n] += g * Cv(t)[n];
+                        }
+                    }
+                    for (int p = 0; p < P; p++) {  // inter: dC_t += e^{c_t} H_in^T dy_t
+                        float gp = et * dY(t)[p];
+                        const float *Hp = Hin + (size_t)p * N;
+                        for (int n = 0; n < N; n++) dCh[t * N + n] += gp * Hp[n];
+                    }
+                }
+                for (int s = 0; s < len; s++) {  // through H_out
+                    float e = exp_fast(clast - cum[s]), vsc = e * DT(s);
+                    for (int p = 0; p < P; p++) {
+                        const float *dHp = dH + (size_t)p * N;
+                        float d = 0;
+                        for (int n = 0; n < N; n++) {
+                            d += dHp[n] * Bv(s)[n];
+                            dBh[s * N + n] += vsc * dHp[n] * X(s)[p];
+                        }
+                        dv[s * P + p] += e * d;
+                    }
+                }
+                // dH_in = e^{c_last} dH + sum_t e^{c_t} dy_t C_t^T
+                float elast = exp_fast(clast);
+                for (size_t i = 0; i < (size_t)P * N; i++) dH[i] *= elast;
+                for (int t = 0; t < len; t++) {
+                    float et = exp_fast(cum[t]);
+                    for (int p = 0; p < P; p++) {
+                        float gp = et * dY(t)[p];
+                        float *dHp = dH + (size_t)p * N;
+                        for (int n = 0; n < N; n++) dHp[n] += gp * Cv(t)[n];
+                    }
+                }
+                // write dx, dB, dC, ddt, dD and the decay gradient (reverse running sum)
+                for (int t = len - 1; t >= 0; t--) {
+                    size_t row = row0 + t;
+                    float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
+                    float sdt = 0, sD = 0, dcum = 0;
+                    for (int p = 0; p < P; p++) {
+                        dx[p] += DT(t) * dv[t * P + p] + Dskip[h] * dY(t)[p];
+                        sdt += X(t)[p] * dv[t * P + p];
+                        sD += dY(t)[p] * X(t)[p];
+                    }
+                    for (int n = 0; n < N; n++) {
+                        dB[n] += dBh[t * N + n];
+                        dC[n] += dCh[t * N + n];
+                        dcum += Cv(t)[n] * dCh[t * N + n] - Bv(t)[n] * dBh[t * N + n];
+                    }
+                    run += dcum;
+                    ddt[row * nh + h] += sdt + A * run;
+                    dA_log[h] += DT(t) * A * run;
+                    dD[h] += sD;
+                }
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 gated rmsnorm over all E channels: out = rmsnorm(y * silu(z)) * w
+// backward: with g = y * silu(z), dg from rmsnorm's rule; dy += dg * silu(z),
+// dz += dg * y * silu'(z). z rows have stride z_stride (slice of in_proj out).
+
+void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
+    #pragma omp parallel for
+    for (int r = 0; r < BT; r++) {
+        const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
+        float *o = out + (size_t)r * E, ss = 0;
+        for (int j = 0; j < E; j++) {
+            float g = yr[j] * silu(zr[j]);
+            o[j] = g;
+            ss += g * g;
+        }
+        float rs = 1.0f / sqrtf(ss / E + RMS_EPS);
+        rstd[r] = rs;
+        for (int j = 0; j < E; j++) o[j] = o[j] * rs * w[j];
+    }
+}
+
+void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
+                            int z_stride, const float *w, const float *rstd, int BT, int E) {
+    #pragma omp parallel for reduction(+ : dw[:E])
+    for (int r = 0; r < BT; r++) {
+        const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
+        float rs = rstd[r], dot = 0;
+        for (int j = 0; j < E; j++) dot += d[j] * w[j] * yr[j] * silu(zr[j]) * rs;
+        dot /= E;
+        for (int j = 0; j < E; j++) {
+            float sz = silu(zr[j]), n = yr[j] * sz * rs;
+            float dg = rs * (d[j] * w[j] - n * dot);
+            dw[j] += d[j] * n;
+            dy[(size_t)r * E + j] += dg * sz;
+            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// cross-entropy over positions whose target is not -1:
+//     loss = mean over those rows of (logsumexp(logits) - logits[target])
+// backward: dlogits += dloss * (softmax(logits) - onehot(target))
+
+float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
+    double sum = 0;
+    int count = 0;
+    #pragma omp parallel for reduction(+ : sum, count)
+    for (int r = 0; r < BT; r++) {
+        losses[r] = 0;
+        if (targets[r] < 0) continue;
+        const float *l = logits + (size_t)r * V;
+        float mx = l[0];
+        for (int i = 1; i < V; i++) mx = std::max(mx, l[i]);
+        double s = 0;
+        for (int i = 0; i < V; i++) s += exp((double)(l[i] - mx));
+        losses[r] = (float)(log(s) + mx - l[targets[r]]);
+        sum += losses[r];
+        count++;
+    }
+    *n_valid = count;
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
+    #pragma omp parallel for
+    for (int r = 0; r < BT; r++) {
+        if (targets[r] < 0) continue;
+        const float *l = logits + (size_t)r * V;
+        float *d = dlogits + (size_t)r * V;
+        float mx = l[0];
+        for (int i = 1; i < V; i++) mx = std::max(mx, l[i]);
+        float s = 0;
+        for (int i = 0; i < V; i++) s += exp_fast(l[i] - mx);
+        for (int i = 0; i < V; i++) d[i] += dloss * exp_fast(l[i] - mx) / s;
+        d[targets[r]] -= dloss;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the model: forward and backward built from the ops above
+
+void model_init(Model *m, const Config *c, float *params) {
+    std::string e = config_problem(c);
+    if (!e.empty()) die("bad config: %s", e.c_str());
+    m->config = *c;
+    m->tensors = param_layout(c);
+    m->num_params = m->tensors.back().offset + m->tensors.back().size();
+    m->params = params ? params : xcalloc_floats(m->num_params);
+    m->grads = xcalloc_floats(m->num_params);
+    param_layout(c, m->params, &m->w);
+    param_layout(c, m->grads, &m->g);
+    m->B = m->T = 0;
+    m->acts_mem = nullptr;
+    m->mixer_form = MIX_CHUNKED;
+    m->keep_steps = false;
+    m->loss = 0;
+    m->n_targets = 0;
+    m->inputs = m->targets = nullptr;
+    m->cur_B = m->cur_T = 0;
+    m->n_threads = omp_get_max_threads();
+}
+
+void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
+    free(m->acts_mem);
+    size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
+    m->acts_mem = xcalloc_floats(n);
+    acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
+    m->B = B;
+    m->T = T;
+    m->keep_steps = keep_steps;
+}
+
+void model_free(Model *m) {
+    free(m->params);
+    free(m->grads);
+    free(m->acts_mem);
+    m->params = m->grads = m->acts_mem = nullptr;
+}
+
+// Fresh token-mixing weights for layer l, as in a new model (also StateX's
+// `reinit`): projections N(0, 0.02), the output projection scaled down by
+// sqrt(2 L) (GPT-2's rule for residual branches), norms 1, biases 0;
+// Mamba2 as in mamba_ssm: A = U[1, 16], dt log-uniform in [1e-3, 0.1],
+// D = 1, conv weights and bias U(-1/sqrt(W), 1/sqrt(W)) (PyTorch's default).
+void init_layer_mixer(Model *m, int l, Rng *rng) {
+    const Config *c = &m->config;
+    LayerWeights *L = &m->w.layer[l];
+    float std_in = 0.02f, std_out = 0.02f / sqrtf(2.0f * c->n_layer);
+    auto normal = [&](float *p, size_t n, float s) { for (size_t i = 0; i < n; i++) p[i] = s * rng_normal(rng); };
+    auto fill = [&](float *p, size_t n, float v) { for (size_t i = 0; i < n; i++) p[i] = v; };
+    int D = c->d_model;
+    if (c->family == FAMILY_GLA) {
+        int K = c->key_dim, V = c->value_dim, r = c->gate_rank, dv = V / c->n_head[l];
+        fill(L->attn_norm, D, 1.0f);
+        normal(L->q_proj, (size_t)K * D, std_in);
+        normal(L->k_proj, (size_t)K * D, std_in);
+        normal(L->v_proj, (size_t)V * D, std_in);
+        normal(L->g_proj, (size_t)V * D, std_in);
+        normal(L->gk_proj0, (size_t)r * D, std_in);
+        normal(L->gk_proj1, (size_t)K * r, std_in);
+        fill(L->gk_bias, K, 0.0f);
+        fill(L->g_norm, dv, 1.0f);
+        normal(L->o_proj, (size_t)D * V, std_out);
+    } else {
+        int E = c->d_inner, nh = m2_nheads(c), Cc = m2_conv_dim(c, l), W = c->d_conv;
+        fill(L->norm, D, 1.0f);
+        normal(L->in_proj, (size_t)m2_in_dim(c, l) * D, std_in);
+        float bound = 1.0f / sqrtf((float)W);
+        for (size_t i = 0; i < (size_t)Cc * W; i++) L->conv_w[i] = bound * (2 * rng_uniform(rng) - 1);
+        for (int i = 0; i < Cc; i++) L->conv_b[i] = bound * (2 * rng_uniform(rng) - 1);
+        for (int h = 0; h < nh; h++) {
+            float dt = expf(logf(1e-3f) + rng_uniform(rng) * (logf(0.1f) - logf(1e-3f)));
+            L->dt_bias[h] = dt + logf(-expm1f(-dt));  // softplus^-1(dt)
+            L->A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
+            L->D[h] = 1.0f;
+        }
+        fill(L->gnorm, E, 1.0f);
+        normal(L->out_proj, (size_t)D * E, std_out);
+    }
+}
+
+void model_random_init(Model *m, uint64_t seed) {
+    const Config *c = &m->config;
+    Rng rng = {seed};
+    int D = c->d_model, F = c->mlp_hidden;
+    float std_out = 0.02f / sqrtf(2.0f * c->n_layer);
+    auto normal = [&](float *p, size_t n, float s) { for (size_t i = 0; i < n; i++) p[i] = s * rng_normal(&rng); };
+    normal(m->w.embed, (size_t)c->vocab_size * D, 0.02f);
+    for (int l = 0; l < c->n_layer; l++) {
+        init_layer_mixer(m, l, &rng);
+        if (c->family == FAMILY_GLA) {
+            LayerWeights *L = &m->w.layer[l];
+            for (int j = 0; j < D; j++) L->mlp_norm[j] = 1.0f;
+            normal(L->gate_proj, (size_t)F * D, 0.02f);
+            normal(L->up_proj, (size_t)F * D, 0.02f);
+            normal(L->down_proj, (size_t)D * F, std_out);
+        }
+    }
+    for (int j = 0; j < D; j++) m->w.norm_w[j] = 1.0f;
+    if (!c->tied) normal(m->w.lm_head, (size_t)c->vocab_size * D, 0.02f);
+}
+
+// recurrent state for generation
+size_t state_floats(const Config *c, int l, int B) {
+    if (c->family == FAMILY_GLA) return (size_t)B * c->key_dim * c->value_dim / c->n_head[l];
+    return (size_t)B * (c->d_inner * (size_t)c->d_state[l] + (size_t)(c->d_conv - 1) * m2_conv_dim(c, l));
+}
+void state_alloc(const Config *c, int B, RecState *s) {
+    size_t total = 0;
+    for (int l = 0; l < c->n_layer; l++) total += state_floats(c, l, B);
+    s->B = B;
+    s->mem = xcalloc_floats(total);
+    float *p = s->mem;
+    for (int l = 0; l < c->n_layer; l++) { s->layer[l] = p; p += state_floats(c, l, B); }
+}
+void state_zero(const Config *c, RecState *s) {
+    for (int l = 0; l < c->n_layer; l++) zero(s->layer[l], state_floats(c, l, s->B));
+}
+void state_free(RecState *s) { free(s->mem); s->mem = nullptr; }
+
+// Copies a (b, head) state between the per-sequence RecState [B, H, X] layout
+// and the chunk-state layout [B, H, nslot, X] at slot `slot`.
+static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    for (int i = 0; i < BH; i++) {
+        float *a = chunked + ((size_t)i * nslot + slot) * X, *b = flat + (size_t)i * X;
+        if (to_chunked) memcpy(a, b, X * sizeof(float)); else memcpy(b, a, X * sizeof(float));
+    }
+}
+
+// GLA block: x += attn(rmsnorm(x) * attn_norm); x += mlp(rmsnorm(x) * mlp_norm)
+static void gla_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dk = K / H, dv = V / H;
+    rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
+    matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
+    matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
+    matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
+    matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
+    matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
+    matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
+    gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
+    size_t X = (size_t)dk * dv;
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, GLA_CHUNK);
+        if (st) copy_states(A->S, nc + 1, 0, st->layer[l], B * H, X, true);
+        else for (int i = 0; i < B * H; i++) zero(A->S + (size_t)i * (nc + 1) * X, X);
+        gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch, m->acts.scratch_per_thread);
+        if (st) copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
+        if (!st) zero(run, (size_t)B * H * X);
+        gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
+    }
+    head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
+    matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
+    residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
+    rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
+    matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
+    matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
+    swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
+    residual_forward(out, out, A->res_mid, (size_t)BT * D);
+}
+
+// Mamba2 block: x += mixer(rmsnorm(x) * norm)
+static void mamba2_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
+    matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
+    size_t X = (size_t)P * N;
+    float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
+    conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
+    dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, SSD_CHUNK);
+        if (st) copy_states(A->h, nc + 1, 0, st->layer[l], B * nh, X, true);
+        else for (int i = 0; i < B * nh; i++) zero(A->h + (size_t)i * (nc + 1) * X, X);
+        ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch, m->acts.scratch_per_thread);
+        if (st) copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->h;
+        if (!st) zero(run, (size_t)B * nh * X);
+        ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
+    }
+    gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
+    matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
+    residual_forward(out, out, A->res, (size_t)BT * D);
+}
+
+void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
+    const Config *c = &m->config;
+    if (B * T > m->B * m->T || T > m->T || B > m->B) die("model_forward: %d x %d tokens exceed the activations allocated for %d x %d", B, T, m->B, m->T);
+    if (m->mixer_form == MIX_RECURRENT && m->keep_steps && T != m->T) die("model_forward: keep_steps needs T == %d", m->T);
+    int BT = B * T, D = c->d_model;
+    Acts *a = &m->acts;
+    encoder_forward(a->layer[0].res, inputs, m->w.embed, BT, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        float *out = l + 1 < c->n_layer ? a->layer[l + 1].res : a->res_final;
+        if (c->family == FAMILY_GLA) gla_layer_forward(m, l, B, T, out, state);
+        else mamba2_layer_forward(m, l, B, T, out, state);
+    }
+    rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
+    matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+    m->inputs = inputs;
+    m->targets = targets;
+    m->cur_B = B;
+    m->cur_T = T;
+    m->loss = targets ? crossentropy_forward(a->losses, &m->n_targets, a->logits, targets, BT, c->vocab_size) : 0.0f;
+}
+
+void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
+
+static void gla_layer_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dv = V / H;
+    // MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
+    zero(a->dx1, (size_t)BT * F); zero(a->dx2, (size_t)BT * F); zero(a->dx3, (size_t)BT * F); zero(a->dx4, (size_t)BT * D);
+    matmul_backward(a->dx1, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
+    swiglu_backward(a->dx2, a->dx3, a->dx1, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    matmul_backward(a->dx4, G->gate_proj, nullptr, a->dx2, A->mlp_in, W->gate_proj, BT, D, F);
+    matmul_backward(a->dx4, G->up_proj, nullptr, a->dx3, A->mlp_in, W->up_proj, BT, D, F);
+    rmsnorm_backward(a->dres, G->mlp_norm, a->dx4, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);
+    // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate)))
+    zero(a->dx1, (size_t)BT * V); zero(a->dx2, (size_t)BT * V); zero(a->dx3, (size_t)BT * V);
+    matmul_backward(a->dx1, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
+    head_norm_gate_backward(a->dx2, a->dx3, G->g_norm, a->dx1, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
+    zero(a->dx4, (size_t)BT * K); zero(a->dx5, (size_t)BT * K); zero(a->dx6, (size_t)BT * V); zero(a->dx7, (size_t)BT * K);
+    if (m->mixer_form == MIX_CHUNKED)
+        gla_chunk_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+                           a->scratch, a->scratch_per_thread);
+    else
+        gla_recurrent_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+                               a->scratch, a->scratch_per_thread);
+    zero(a->dx8, (size_t)BT * K); zero(a->dx9, (size_t)BT * r); zero(a->dx1, (size_t)BT * D);
+    gla_gate_backward(a->dx8, a->dx7, A->gk_pre, (size_t)BT * K);
+    matmul_backward(a->dx9, G->gk_proj1, G->gk_bias, a->dx8, A->gk_low, W->gk_proj1, BT, r, K);
+    matmul_backward(a->dx1, G->gk_proj0, nullptr, a->dx9, A->attn_in, W->gk_proj0, BT, D, r);
+    matmul_backward(a->dx1, G->q_proj, nullptr, a->dx4, A->attn_in, W->q_proj, BT, D, K);
+    matmul_backward(a->dx1, G->k_proj, nullptr, a->dx5, A->attn_in, W->k_proj, BT, D, K);
+    matmul_backward(a->dx1, G->v_proj, nullptr, a->dx6, A->attn_in, W->v_proj, BT, D, V);
+    matmul_backward(a->dx1, G->g_proj, nullptr, a->dx3, A->attn_in, W->g_proj, BT, D, V);
+    rmsnorm_backward(a->dres, G->attn_norm, a->dx1, A->res, W->attn_norm, A->attn_rstd, BT, D);
+}
+
+static void mamba2_layer_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    // dx1: d y_out [BT, E]; dx2: d y [BT, E]; dx3: d zxbcdt [BT, Din]; dx4: d xbc [BT, Cc];
+    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]
+    zero(a->dx1, (size_t)BT * E); zero(a->dx2, (size_t)BT * E); zero(a->dx3, (size_t)BT * Din);
+    zero(a->dx4, (size_t)BT * Cc); zero(a->dx5, (size_t)BT * nh); zero(a->dx6, (size_t)BT * D);
+    matmul_backward(a->dx1, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
+    gated_rmsnorm_backward(a->dx2, a->dx3, Din, G->gnorm, a->dx1, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
+    if (m->mixer_form == MIX_CHUNKED)
+        ssd_chunk_backward(a->dx4, a->dx5, G->A_log, G->D, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+                           a->scratch, a->scratch_per_thread);
+    else
+        ssd_recurrent_backward(a->dx4, a->dx5, G->A_log, G->D, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+                               a->scratch, a->scratch_per_thread);
+    dt_softplus_backward(a->dx3 + E + Cc, Din, G->dt_bias, a->dx5, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    conv1d_silu_backward(a->dx3 + E, Din, G->conv_w, G->conv_b, a->dx4, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, B, T, Cc, c->d_conv);
+    matmul_backward(a->dx6, G->in_proj, nullptr, a->dx3, A->norm_out, W->in_proj, BT, D, Din);
+    rmsnorm_backward(a->dres, G->norm, a->dx6, A->res, W->norm, A->norm_rstd, BT, D);
+}
+
+void model_backward(Model *m) {
+    const Config *c = &m->config;
+    if (!m->targets) die("model_backward: the last forward had no targets");
+    if (m->mixer_form == MIX_RECURRENT && !m->keep_steps) die("model_backward: the recurrent form needs keep_steps");
+    int B = m->cur_B, T = m->cur_T, BT = B * T, D = c->d_model;
+    Acts *a = &m->acts;
+    // loss -> logits -> final norm
+    zero(a->dlogits, (size_t)BT * c->vocab_size);
+    if (m->n_targets > 0) crossentropy_backward(a->dlogits, a->logits, m->targets, BT, c->vocab_size, 1.0f / m->n_targets);
+    zero(a->dx1, (size_t)BT * D);
+    zero(a->dres, (size_t)BT * D);
+    matmul_backward(a->dx1, m->g.lm_head, nullptr, a->dlogits, a->final_out, m->w.lm_head, BT, D, c->vocab_size);
+    rmsnorm_backward(a->dres, m->g.norm_w, a->dx1, a->res_final, m->w.norm_w, a->final_rstd, BT, D);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        if (c->family == FAMILY_GLA) gla_layer_backward(m, l, B, T);
+        else mamba2_layer_backward(m, l, B, T);
+    }
+    encoder_backward(m->g.embed, a->dres, m->inputs, BT, D);
+}
+
+}  // namespace cpu

@@ -1,0 +1,61 @@
+// Helpers shared by the tests.
+#pragma once
+#include "../model.h"
+#include <doctest/doctest.h>
+#include <functional>
+
+// ||a - b|| / ||b||, in double
+inline double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+inline void fill_normal(float *p, size_t n, Rng *r, float s = 1.0f) {
+    for (size_t i = 0; i < n; i++) p[i] = s * rng_normal(r);
+}
+inline std::vector<float> normal_vec(size_t n, Rng *r, float s = 1.0f) {
+    std::vector<float> v(n);
+    fill_normal(v.data(), n, r, s);
+    return v;
+}
+
+// Directional finite-difference check of an analytic gradient: for a random
+// direction u, (L(x + h u) - L(x - h u)) / 2h against <grad, u>.
+// loss() must recompute the scalar loss from the current contents of x.
+inline double fd_check(const std::function<double()> &loss, float *x, const float *grad, size_t n, Rng *r,
+                       float h = 1e-2f) {
+    std::vector<float> x0(x, x + n), u = normal_vec(n, r);
+    double worst = 0;
+    for (int trial = 0; trial < 3; trial++) {
+        if (trial) fill_normal(u.data(), n, r);
+        double analytic = 0, unorm = 0;
+        for (size_t i = 0; i < n; i++) { analytic += (double)grad[i] * u[i]; unorm += (double)u[i] * u[i]; }
+        for (size_t i = 0; i < n; i++) x[i] = x0[i] + h * u[i];
+        double lp = loss();
+        for (size_t i = 0; i < n; i++) x[i] = x0[i] - h * u[i];
+        double lm = loss();
+        for (size_t i = 0; i < n; i++) x[i] = x0[i];
+        double numeric = (lp - lm) / (2 * h);
+        double gnorm = 0;
+        for (size_t i = 0; i < n; i++) gnorm += (double)grad[i] * grad[i];
+        // error relative to |grad| |u|, the scale of the directional derivative
+        double err = fabs(numeric - analytic) / (sqrt(gnorm * unorm) + 1e-12);
+        worst = std::max(worst, err);
+    }
+    return worst;
+}
+
+// Loads a model file the tests need; fails the test with the reason otherwise.
+inline bool load_model(const std::string &path, Model *m) {
+    Config c;
+    float *params = nullptr;
+    std::string e = read_model_file(path, &c, &params);
+    if (!e.empty()) { FAIL(e); return false; }
+    cpu::model_init(m, &c, params);
+    return true;
+}
