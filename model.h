@@ -11,6 +11,7 @@
 // Everything here is plain structs and functions, in the style of llm.c.
 #pragma once
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
@@ -317,8 +318,9 @@ inline size_t scan_scratch_floats(const Config *c) {
             size_t hk = c->key_dim / c->n_head[l], hv = c->value_dim / c->n_head[l], C = GLA_CHUNK;
             s = C * hk * 4 + C * C * hk + 2 * C * C + hk * hv + hk;
         } else {
-            size_t N = c->d_state[l], P = c->headdim, C = SSD_CHUNK;
-            s = P * N + C + 2 * C * C + C * P + 2 * C * N;
+            size_t N = c->d_state[l], P = c->headdim, nh = m2_nheads(c), C = SSD_CHUNK;
+            s = std::max(C + C * C + 2 * C * P,                                 // forward
+                         nh * P * N + nh + 3 * C + 3 * C * C + 2 * C * P + 3 * C * N);  // backward
         }
         most = std::max(most, s);
     }
@@ -380,6 +382,78 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_threads, bool kee
     a->scratch_per_thread = (scan_scratch_floats(c) + 15) & ~(size_t)15;
     take(&a->scratch, a->scratch_per_thread * n_threads);
     return off;
+}
+
+// Model FLOPs per token of one forward pass (a multiply-add is 2 FLOPs): the
+// matmuls (2 x their weights) plus the token mixers in the form used.
+//   GLA layer, chunked:   H ((C+1)(dk+dv) + 4 dk dv)    C = GLA_CHUNK
+//   Mamba2 layer, chunked: (C+1) N + nh ((C+1) P + 4 P N)   C = SSD_CHUNK
+//   recurrent (one token): GLA 4 H dk dv, Mamba2 4 nh P N
+// A training step costs 3x the forward (the usual 6N rule for the matmuls).
+inline double matmul_weights(const Config *c) {
+    double D = c->d_model, w = (double)c->vocab_size * D;  // the lm head
+    for (int l = 0; l < c->n_layer; l++) {
+        if (c->family == FAMILY_GLA)
+            w += D * (2.0 * c->key_dim + 2.0 * c->value_dim + c->gate_rank) + (double)c->key_dim * c->gate_rank +
+                 (double)c->value_dim * D + 3.0 * c->mlp_hidden * D;
+        else
+            w += D * m2_in_dim(c, l) + (double)c->d_inner * D + (double)m2_conv_dim(c, l) * c->d_conv;
+    }
+    return w;
+}
+inline double forward_flops_per_token(const Config *c, bool recurrent) {
+    double f = 2.0 * matmul_weights(c);
+    for (int l = 0; l < c->n_layer; l++) {
+        if (c->family == FAMILY_GLA) {
+            double H = c->n_head[l], dk = c->key_dim / H, dv = c->value_dim / H, C = GLA_CHUNK;
+            f += recurrent ? 4 * H * dk * dv : H * ((C + 1) * (dk + dv) + 4 * dk * dv);
+        } else {
+            double N = c->d_state[l], P = c->headdim, nh = m2_nheads(c), C = SSD_CHUNK;
+            f += recurrent ? 4 * nh * P * N : (C + 1) * N + nh * ((C + 1) * P + 4 * P * N);
+        }
+    }
+    return f;
+}
+
+// The named model presets. The benchmark presets' sizes are fixed so figures
+// compare across tools; tiny-gla is the main job's model (make train).
+inline bool preset_config(const std::string &name, Config *c) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 256;
+    c->tied = 1;
+    auto gla = [&](int D, int L, int K, int V, int r, int F, int H) {
+        c->family = FAMILY_GLA; c->d_model = D; c->n_layer = L; c->key_dim = K; c->value_dim = V;
+        c->gate_rank = r; c->mlp_hidden = F;
+        for (int l = 0; l < L; l++) c->n_head[l] = H;
+    };
+    auto mamba2 = [&](int D, int L, int E, int P, int N, int W) {
+        c->family = FAMILY_MAMBA2; c->d_model = D; c->n_layer = L; c->d_inner = E; c->headdim = P; c->d_conv = W;
+        for (int l = 0; l < L; l++) c->d_state[l] = N;
+    };
+    if (name == "tiny-gla") gla(192, 4, 96, 192, 16, 512, 2);
+    else if (name == "tiny-mamba2") mamba2(192, 6, 384, 48, 32, 4);
+    else if (name == "gla-small") gla(256, 6, 128, 256, 16, 768, 4);
+    else if (name == "mamba2-small") mamba2(256, 6, 512, 64, 64, 4);
+    else if (name == "gla-1.3b") gla(2048, 24, 1024, 2048, 16, 5632, 4);
+    else if (name == "mamba2-1.3b") mamba2(2048, 48, 4096, 64, 128, 4);
+    else if (name == "exp-gla") gla(128, 4, 64, 128, 16, 384, 4);
+    else if (name == "exp-mamba2") mamba2(128, 4, 256, 32, 8, 4);
+    else return false;
+    return true;
+}
+
+// Flag values: a clear error, naming the flag, for anything that is not a number.
+inline int to_int(const std::string &flag, const std::string &v) {
+    char *end;
+    long x = strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end || x < -(1L << 30) || x > (1L << 30)) die("%s: '%s' is not an integer", flag.c_str(), v.c_str());
+    return (int)x;
+}
+inline float to_float(const std::string &flag, const std::string &v) {
+    char *end;
+    float x = strtof(v.c_str(), &end);
+    if (v.empty() || *end || !std::isfinite(x)) die("%s: '%s' is not a number", flag.c_str(), v.c_str());
+    return x;
 }
 
 // ----------------------------------------------------------------------------
@@ -529,20 +603,34 @@ inline std::string write_debug_state(const std::string &path, const DebugState *
 // ----------------------------------------------------------------------------
 // 6. the model API
 
+enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 };
+
 // Recurrent state for generation: per layer, GLA S [B, H, dk, dv], or Mamba2
 // h [B, nh, P, N] followed by the conv window [B, d_conv-1, E+2N].
+// On the GPU the same layout in device memory.
 struct RecState {
     int B;
     float *mem;
     float *layer[MAX_LAYER];
 };
 
+// AdamW with decoupled weight decay on the matrices only.
+struct AdamWConfig {
+    float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
+};
+
+// One model on one device. For DEVICE_CUDA, params, grads, adam_m, adam_v and
+// the activations are device pointers (same layouts); `gpu` holds the rest
+// (cuBLAS handle, device copies of the tokens).
 struct Model {
     Config config;
+    int device;
     std::vector<ParamTensor> tensors;   // the file layout
+    std::vector<float> lr_scale;        // per tensor: learning-rate factor, 0 = frozen
     size_t num_params;
-    float *params;  Weights w;          // host parameters and pointers into them
+    float *params;  Weights w;          // parameters and pointers into them
     float *grads;   Weights g;          // same layout
+    float *adam_m, *adam_v;             // AdamW moments (allocated on first update)
     // activations for up to B x T tokens (forward and backward)
     int B, T, n_threads;
     bool keep_steps;
@@ -550,8 +638,9 @@ struct Model {
     int mixer_form;                     // MIX_CHUNKED (default) or MIX_RECURRENT
     float loss;                         // of the last forward with targets
     int n_targets;                      // positions that counted in it
-    const int *inputs, *targets;        // of the last forward (for backward)
+    const int *inputs, *targets;        // of the last forward (host pointers, for backward)
     int cur_B, cur_T;                   // of the last forward
+    void *gpu;                          // CUDA only
 };
 
 namespace cpu {
@@ -561,14 +650,191 @@ void model_alloc_acts(Model *m, int B, int T, bool keep_steps = false);
 void model_free(Model *m);
 void model_random_init(Model *m, uint64_t seed);
 void init_layer_mixer(Model *m, int l, Rng *rng);  // fresh token-mixing weights of layer l
-// forward over B x T tokens; targets may be nullptr (no loss); state, when
-// given, is the recurrent state to start from and is updated to the end.
+// forward over B x T tokens (host arrays); targets may be nullptr (no loss);
+// state, when given, is the recurrent state to start from and is updated to the end.
 void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state = nullptr);
 void model_zero_grad(Model *m);
 void model_backward(Model *m);  // accumulates into m->grads
+float model_grad_norm(Model *m);  // L2 norm over the trainable tensors
+// one AdamW step on the trainable tensors, gradients multiplied by grad_scale
+void model_update(Model *m, float lr, float grad_scale, int step, const AdamWConfig *opt);
 // recurrent state for generation
 void state_alloc(const Config *c, int B, RecState *s);
 void state_zero(const Config *c, RecState *s);
 void state_free(RecState *s);
 size_t state_floats(const Config *c, int l, int B);
+// the measured float32 GEMM rate of this machine (Eigen, all threads), GFLOP/s
+double gemm_gflops(int M, int N, int K);
+// StateX: expand the state of every `every`-th layer (statex_cpu.cpp has the
+// modes); writes a new config and a fresh malloc'ed buffer. "" or the reason.
+std::string expand_model(const Config *in, const float *params_in, const std::string &mode, int every, int factor,
+                         uint64_t seed, Config *out, float **params_out);
 }  // namespace cpu
+
+// The same API on a CUDA GPU (statex.cu), same names. Host arrays in, the
+// model's buffers on the device; the *_to_host / *_from_host calls move them.
+namespace gpu {
+bool available(std::string *why);  // false, with the reason, when no usable GPU
+void model_init(Model *m, const Config *c, const float *host_params);
+void model_alloc_acts(Model *m, int B, int T, bool keep_steps = false);
+void model_free(Model *m);
+void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state = nullptr);
+void model_zero_grad(Model *m);
+void model_backward(Model *m);
+float model_grad_norm(Model *m);
+void model_update(Model *m, float lr, float grad_scale, int step, const AdamWConfig *opt);
+void params_to_host(const Model *m, float *dst);
+void params_from_host(Model *m, const float *src);
+void grads_to_host(const Model *m, float *dst);
+void adam_to_host(const Model *m, float *m_dst, float *v_dst);     // moments, for checkpoints
+void adam_from_host(Model *m, const float *m_src, const float *v_src);
+void logits_to_host(const Model *m, float *dst);                     // cur_B * cur_T * vocab floats
+void state_alloc(const Config *c, int B, RecState *s);
+void state_zero(const Config *c, RecState *s);
+void state_free(RecState *s);
+size_t memory_peak_bytes();  // most device memory this process has held via the model API
+}  // namespace gpu
+
+#ifndef STATEX_CUDA
+// Built without nvcc: the GPU API exists but says why it cannot run.
+namespace gpu {
+inline bool available(std::string *why) { *why = "this build has no CUDA support (nvcc was not found at build time)"; return false; }
+[[noreturn]] inline void no_cuda() { die("this build has no CUDA support (nvcc was not found at build time)"); }
+inline void model_init(Model *, const Config *, const float *) { no_cuda(); }
+inline void model_alloc_acts(Model *, int, int, bool) { no_cuda(); }
+inline void model_free(Model *) { no_cuda(); }
+inline void model_forward(Model *, const int *, const int *, int, int, RecState *) { no_cuda(); }
+inline void model_zero_grad(Model *) { no_cuda(); }
+inline void model_backward(Model *) { no_cuda(); }
+inline float model_grad_norm(Model *) { no_cuda(); }
+inline void model_update(Model *, float, float, int, const AdamWConfig *) { no_cuda(); }
+inline void params_to_host(const Model *, float *) { no_cuda(); }
+inline void params_from_host(Model *, const float *) { no_cuda(); }
+inline void grads_to_host(const Model *, float *) { no_cuda(); }
+inline void adam_to_host(const Model *, float *, float *) { no_cuda(); }
+inline void adam_from_host(Model *, const float *, const float *) { no_cuda(); }
+inline void logits_to_host(const Model *, float *) { no_cuda(); }
+inline void state_alloc(const Config *, int, RecState *) { no_cuda(); }
+inline void state_zero(const Config *, RecState *) { no_cuda(); }
+inline void state_free(RecState *) { no_cuda(); }
+inline size_t memory_peak_bytes() { return 0; }
+}  // namespace gpu
+#endif
+
+// ----------------------------------------------------------------------------
+// 7. charts: line charts as PNG (stb_image_write), for the loss curve and the
+// recall results. Labels use a 3x5 pixel font of upper-case letters, digits
+// and a few signs, drawn at twice the size.
+#ifndef __CUDACC__
+#include <stb_image_write.h>
+
+struct Series {
+    std::string name;
+    std::vector<float> x, y;
+    uint32_t rgb;  // 0xRRGGBB
+};
+
+struct Canvas {
+    int w, h;
+    std::vector<uint8_t> px;  // RGB
+    void set(int x, int y, uint32_t c) {
+        if (x < 0 || y < 0 || x >= w || y >= h) return;
+        uint8_t *p = &px[3 * ((size_t)y * w + x)];
+        p[0] = c >> 16; p[1] = (c >> 8) & 255; p[2] = c & 255;
+    }
+    void line(int x0, int y0, int x1, int y1, uint32_t c) {  // Bresenham, 2 px thick
+        int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1, err = dx + dy;
+        for (;;) {
+            set(x0, y0, c); set(x0 + 1, y0, c); set(x0, y0 + 1, c);
+            if (x0 == x1 && y0 == y1) break;
+            int e2 = 2 * err;
+            if (e2 >= dy) { err += dy; x0 += sx; }
+            if (e2 <= dx) { err += dx; y0 += sy; }
+        }
+    }
+    // text, upper-cased; each glyph is 15 bits, 5 rows of 3, top row first
+    void text(int x, int y, const std::string &s, uint32_t c) {
+        static const char *chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.-:/()%=,+";
+        static const uint16_t glyphs[] = {
+            0x7B6F, 0x2C97, 0x73E7, 0x73CF, 0x5BC9, 0x79CF, 0x79EF, 0x7249, 0x7BEF, 0x7BCF, 0x2BED, 0x6BAE,
+            0x3923, 0x6B6E, 0x79A7, 0x79A4, 0x396B, 0x5BED, 0x7497, 0x126A, 0x5BAD, 0x4927, 0x5FED, 0x6B6D,
+            0x2B6A, 0x6BA4, 0x2B73, 0x6BAD, 0x388E, 0x7492, 0x5B6F, 0x5B6A, 0x5BFD, 0x5AAD, 0x5A92, 0x72A7,
+            0x0002, 0x01C0, 0x0410, 0x12A4, 0x2922, 0x224A, 0x52A5, 0x0E38, 0x0014, 0x05D0};
+        for (char ch : s) {
+            const char *at = strchr(chars, toupper((unsigned char)ch));
+            if (ch != ' ' && at && *at) {
+                uint16_t g = glyphs[at - chars];
+                for (int r = 0; r < 5; r++)
+                    for (int col = 0; col < 3; col++)
+                        if (g >> (14 - 3 * r - col) & 1)
+                            for (int k = 0; k < 4; k++) set(x + 2 * col + k % 2, y + 2 * r + k / 2, c);
+            }
+            x += 8;
+        }
+    }
+};
+
+inline std::string fmt_tick(double v) {
+    if (fabs(v) >= 10000) return strf("%.0fK", v / 1000);
+    if (fabs(v) >= 100 || v == floor(v)) return strf("%.0f", v);
+    return strf("%.2f", v);
+}
+
+// A line chart of the series (points joined in order). log_x: log2 axis.
+// "" on success, else the reason.
+inline std::string write_line_chart(const std::string &path, const std::string &title, const std::string &xlabel,
+                                    const std::string &ylabel, const std::vector<Series> &series, bool log_x = false) {
+    Canvas cv{720, 440, std::vector<uint8_t>(720 * 440 * 3, 255)};
+    int left = 70, right = 20, top = 36, bottom = 50, pw = cv.w - left - right, ph = cv.h - top - bottom;
+    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+    auto X = [&](double x) { return log_x ? log2(std::max(x, 1e-30)) : x; };
+    for (const Series &s : series)
+        for (size_t i = 0; i < s.x.size(); i++) {
+            if (!std::isfinite(s.y[i])) continue;
+            x0 = std::min(x0, X(s.x[i])); x1 = std::max(x1, X(s.x[i]));
+            y0 = std::min(y0, (double)s.y[i]); y1 = std::max(y1, (double)s.y[i]);
+        }
+    if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+    if (x1 == x0) x1 = x0 + 1;
+    if (y1 == y0) { y0 -= 0.5; y1 += 0.5; }
+    double pad = 0.05 * (y1 - y0);
+    y0 -= pad; y1 += pad;
+    auto px = [&](double x) { return left + (int)((X(x) - x0) / (x1 - x0) * pw); };
+    auto py = [&](double y) { return top + ph - (int)((y - y0) / (y1 - y0) * ph); };
+    uint32_t grey = 0xDDDDDD, black = 0x000000;
+    for (int i = 0; i <= 4; i++) {  // grid and ticks
+        int gy = top + ph * i / 4, gx = left + pw * i / 4;
+        cv.line(left, gy, left + pw, gy, grey);
+        cv.line(gx, top, gx, top + ph, grey);
+        std::string ty = fmt_tick(y1 - (y1 - y0) * i / 4);
+        cv.text(left - 8 - 8 * (int)ty.size(), gy - 5, ty, black);
+        double xv = x0 + (x1 - x0) * i / 4;
+        std::string tx = fmt_tick(log_x ? exp2(xv) : xv);
+        cv.text(gx - 4 * (int)tx.size(), top + ph + 8, tx, black);
+    }
+    cv.line(left, top, left, top + ph, black);
+    cv.line(left, top + ph, left + pw, top + ph, black);
+    for (const Series &s : series)
+        for (size_t i = 0; i + 1 < s.x.size(); i++)
+            if (std::isfinite(s.y[i]) && std::isfinite(s.y[i + 1]))
+                cv.line(px(s.x[i]), py(s.y[i]), px(s.x[i + 1]), py(s.y[i + 1]), s.rgb);
+    for (const Series &s : series)  // mark the points too, so single points show
+        for (size_t i = 0; i < s.x.size(); i++)
+            if (std::isfinite(s.y[i]))
+                for (int d = -2; d <= 2; d++) { cv.set(px(s.x[i]) + d, py(s.y[i]), s.rgb); cv.set(px(s.x[i]), py(s.y[i]) + d, s.rgb); }
+    cv.text(left, 10, title, black);
+    cv.text(left + pw / 2 - 4 * (int)xlabel.size(), cv.h - 18, xlabel, black);
+    cv.text(4, 22, ylabel, black);
+    int ly = top + 8;
+    for (const Series &s : series) {  // legend, top right
+        int lx = left + pw - 8 * (int)s.name.size() - 30;
+        cv.line(lx, ly + 4, lx + 16, ly + 4, s.rgb);
+        cv.text(lx + 22, ly, s.name, black);
+        ly += 16;
+    }
+    std::string tmp = path + ".tmp";
+    if (!stbi_write_png(tmp.c_str(), cv.w, cv.h, 3, cv.px.data(), cv.w * 3)) return "cannot write " + path;
+    if (rename(tmp.c_str(), path.c_str()) != 0) return strf("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
+    return "";
+}
+#endif

@@ -11,6 +11,10 @@
 //     twice (a residual, the tied embedding) then needs no extra code.
 //   - The recurrent form of each token mixer is the readable truth; the chunked
 //     form is the fast path with the same math; tests tie the two together.
+//   - Every result is bitwise reproducible for a given thread count: a sum over
+//     tokens (a weight gradient) is split across threads by columns, never by
+//     rows, so no two threads add into the same number in a racy order. That
+//     is what lets a resumed training run match an uninterrupted one exactly.
 #include "model.h"
 #include <algorithm>
 #include <omp.h>
@@ -64,20 +68,30 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
     }
 }
 
+// Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
+// owning blocks of columns (so the order of every sum is fixed).
+template <typename F> static void sum_rows_into(float *dst, int rows, int cols, F f) {
+    #pragma omp parallel for
+    for (int j0 = 0; j0 < cols; j0 += 16) {
+        int j1 = std::min(cols, j0 + 16);
+        float acc[16] = {0};
+        for (int i = 0; i < rows; i++)
+            for (int j = j0; j < j1; j++) acc[j - j0] += f(i, j);
+        for (int j = j0; j < j1; j++) dst[j] += acc[j - j0];
+    }
+}
+
 void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
-    #pragma omp parallel for reduction(+ : dw[:D])
+    #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D, *dy = dout + (size_t)i * D;
         float *dx = dinp + (size_t)i * D;
         float r = rstd[i], dot = 0;
         for (int j = 0; j < D; j++) dot += dy[j] * w[j] * x[j] * r;
         dot /= D;
-        for (int j = 0; j < D; j++) {
-            float n = x[j] * r;
-            dx[j] += r * (dy[j] * w[j] - n * dot);
-            dw[j] += dy[j] * n;
-        }
+        for (int j = 0; j < D; j++) dx[j] += r * (dy[j] * w[j] - x[j] * r * dot);
     }
+    sum_rows_into(dw, N, D, [&](int i, int j) { return dout[(size_t)i * D + j] * inp[(size_t)i * D + j] * rstd[i]; });
 }
 
 // ----------------------------------------------------------------------------
@@ -371,10 +385,10 @@ void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float 
                         w.dA[t * C + s] = scale * d;
                     }
                 }
-                for (int t = 0; t < len; t++) {
+                for (int t = 0; t < len; t++) {  // s < t here; the diagonal s = t comes at the end
                     const float *qt = q + (row0 + t) * K + h * hk;
                     float *dqt = w.dql + t * hk;
-                    for (int s = 0; s <= t; s++) {
+                    for (int s = 0; s < t; s++) {
                         const float *ks = k + (row0 + s) * K + h * hk, *e = w.E + ((size_t)t * C + s) * hk;
                         float *dks = w.dkl + s * hk, g = w.dA[t * C + s];
                         for (int i = 0; i < hk; i++) {
@@ -421,16 +435,20 @@ void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float 
                         for (int j = 0; j < hv; j++) dSi[j] += qi * dot[j];
                     }
                 }
-                // write dq, hk and the decay gradient (reverse running sum)
+                // write dq, dk and the decay gradient (reverse running sum). The
+                // diagonal terms (s = t: dA_tt k_t in dq_t, dA_tt q_t in dk_t)
+                // cancel exactly in q . dq - k . dk, so they stay out of it (in
+                // float32 they would not cancel exactly) and go into dq, dk only.
                 for (int t = len - 1; t >= 0; t--) {
                     size_t off = (row0 + t) * K + h * hk;
                     const float *qt = q + off, *kt = k + off;
+                    float diag = w.dA[t * C + t];
                     for (int i = 0; i < hk; i++) {
                         float gq = w.dql[t * hk + i], gk = w.dkl[t * hk + i];
-                        dq[off + i] += gq;
-                        dk[off + i] += gk;
                         w.run[i] += qt[i] * gq - kt[i] * gk;
                         da[off + i] += w.run[i];
+                        dq[off + i] += gq + diag * kt[i];
+                        dk[off + i] += gk + diag * qt[i];
                     }
                 }
             }
@@ -457,19 +475,22 @@ void head_norm_gate_forward(float *out, float *rstd, const float *o, const float
 
 void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
                              const float *w, const float *rstd, int BT, int H, int dv) {
-    #pragma omp parallel for reduction(+ : dw[:dv])
+    #pragma omp parallel for
     for (int r = 0; r < BT * H; r++) {
         size_t off = (size_t)r * dv;
         float rs = rstd[r], dot = 0;
         for (int j = 0; j < dv; j++) dot += dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs;
         dot /= dv;
         for (int j = 0; j < dv; j++) {
-            float n = o[off + j] * rs, sg = silu(og[off + j]);
-            do_[off + j] += rs * (dout[off + j] * w[j] * sg - n * dot);
+            float n = o[off + j] * rs;
+            do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * dot);
             dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
-            dw[j] += dout[off + j] * n * sg;
         }
     }
+    sum_rows_into(dw, BT * H, dv, [&](int r, int j) {
+        size_t i = (size_t)r * dv + j;
+        return dout[i] * o[i] * rstd[r] * silu(og[i]);
+    });
 }
 
 // ----------------------------------------------------------------------------
@@ -484,17 +505,32 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
     return conv_state ? conv_state[((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c] : 0.0f;
 }
 
+// Threads own blocks of CONV_BLOCK channels; a block's taps are copied to
+// wt[j][c] so the inner loops run over contiguous channels (and vectorise).
+#define CONV_BLOCK 64
 void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            size_t row = (size_t)b * T + t;
-            for (int c = 0; c < Cc; c++) {
-                float acc = bias[c];
-                for (int j = 0; j < W; j++) acc += w[c * W + j] * conv_input(in, in_stride, conv_state, b, T, t - (W - 1) + j, c, Cc, W);
-                pre[row * Cc + c] = acc;
-                out[row * Cc + c] = silu(acc);
+        for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
+            int nb = std::min(CONV_BLOCK, Cc - c0);
+            float wt[64 * CONV_BLOCK], acc[CONV_BLOCK];
+            for (int j = 0; j < W; j++)
+                for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t;
+                for (int c = 0; c < nb; c++) acc[c] = bias[c0 + c];
+                for (int j = 0; j < W; j++) {
+                    int tau = t - (W - 1) + j;
+                    const float *x = tau >= 0 ? in + ((size_t)b * T + tau) * in_stride + c0
+                                   : conv_state ? conv_state + ((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c0 : nullptr;
+                    if (!x) continue;  // zeros before t = 0
+                    for (int c = 0; c < nb; c++) acc[c] += wt[j * CONV_BLOCK + c] * x[c];
+                }
+                for (int c = 0; c < nb; c++) {
+                    pre[row * Cc + c0 + c] = acc[c];
+                    out[row * Cc + c0 + c] = silu(acc[c]);
+                }
             }
         }
     if (!conv_state) return;
@@ -506,27 +542,37 @@ void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride,
 
 // backward (zero initial window): g = dout * silu'(pre);  dbias[c] += sum_t g_t[c];
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
-// Threads own blocks of channels, so nothing is written by two threads.
 void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
     #pragma omp parallel for
-    for (int c0 = 0; c0 < Cc; c0 += 32) {
-        int c1 = std::min(Cc, c0 + 32);
+    for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
+        int nb = std::min(CONV_BLOCK, Cc - c0);
+        float wt[64 * CONV_BLOCK], dwt[64 * CONV_BLOCK] = {0}, db[CONV_BLOCK] = {0}, g[CONV_BLOCK];
+        for (int j = 0; j < W; j++)
+            for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
                 size_t row = (size_t)b * T + t;
-                for (int c = c0; c < c1; c++) {
-                    float g = dout[row * Cc + c] * silu_grad(pre[row * Cc + c]);
-                    dbias[c] += g;
-                    for (int j = 0; j < W; j++) {
-                        int tau = t - (W - 1) + j;
-                        if (tau < 0) continue;
-                        size_t r2 = (size_t)b * T + tau;
-                        dw[c * W + j] += g * in[r2 * in_stride + c];
-                        din[r2 * din_stride + c] += g * w[c * W + j];
+                for (int c = 0; c < nb; c++) {
+                    g[c] = dout[row * Cc + c0 + c] * silu_grad(pre[row * Cc + c0 + c]);
+                    db[c] += g[c];
+                }
+                for (int j = 0; j < W; j++) {
+                    int tau = t - (W - 1) + j;
+                    if (tau < 0) continue;
+                    size_t r2 = (size_t)b * T + tau;
+                    const float *x = in + r2 * in_stride + c0;
+                    float *dx = din + r2 * din_stride + c0;
+                    for (int c = 0; c < nb; c++) {
+                        dwt[j * CONV_BLOCK + c] += g[c] * x[c];
+                        dx[c] += g[c] * wt[j * CONV_BLOCK + c];
                     }
                 }
             }
+        for (int c = 0; c < nb; c++) {
+            dbias[c0 + c] += db[c];
+            for (int j = 0; j < W; j++) dw[(c0 + c) * W + j] += dwt[j * CONV_BLOCK + c];
+        }
     }
 }
 
@@ -541,13 +587,11 @@ void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const floa
 }
 void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
                           const float *bias, int BT, int nh) {
-    #pragma omp parallel for reduction(+ : dbias[:nh])
+    auto g = [&](int r, int h) { return ddt[(size_t)r * nh + h] * sigmoidf_(raw[(size_t)r * raw_stride + h] + bias[h]); };
+    #pragma omp parallel for
     for (int r = 0; r < BT; r++)
-        for (int h = 0; h < nh; h++) {
-            float g = ddt[(size_t)r * nh + h] * sigmoidf_(raw[(size_t)r * raw_stride + h] + bias[h]);
-            draw[(size_t)r * draw_stride + h] += g;
-            dbias[h] += g;
-        }
+        for (int h = 0; h < nh; h++) draw[(size_t)r * draw_stride + h] += g(r, h);
+    sum_rows_into(dbias, BT, nh, g);
 }
 
 // ----------------------------------------------------------------------------
@@ -584,16 +628,17 @@ void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, 
 }
 
 // Backward of the recurrent form from a zero initial state, walking t down:
-//     dh    += dy_t C_t^T                        (now the gradient of h_t)
-//     dC_t  += h_t^T dy_t,   dx_t += D dy_t + dt_t dh B_t,   dB_t += dt_t dh^T x_t
-//     ddt_t += x_t^T dh B_t + A exp(dt_t A) <dh, h_{t-1}>,   dA += dt_t exp(dt_t A) <dh, h_{t-1}>
-//     dD    += dy_t . x_t,   dh = exp(dt_t A) dh  (the gradient of h_{t-1})
+//     dh     += dy_t C_t^T                        (now the gradient of h_t)
+//     dC_t   += h_t^T dy_t,   dx_t += D dy_t + dt_t dh B_t,   dB_t += dt_t dh^T x_t
+//     ddt_t  += x_t^T dh B_t                      (through v_t = dt_t x_t)
+//     dlda_t += exp(dt_t A) <dh, h_{t-1}>        (the log decay dt_t A; see ssd_decay_backward)
+//     dh      = exp(dt_t A) dh                    (the gradient of h_{t-1})
 // Threads own whole sequences (B and C are shared by the heads).
-void ssd_recurrent_backward(float *dxbc, float *ddt, float *dA_log, float *dD, const float *dy, const float *h_all,
+void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                             int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for reduction(+ : dA_log[:nh], dD[:nh])
+    #pragma omp parallel for
     for (int b = 0; b < B; b++) {
         float *dh = scratch + omp_get_thread_num() * scratch_per_thread;
         for (int h = 0; h < nh; h++) {
@@ -620,10 +665,9 @@ void ssd_recurrent_backward(float *dxbc, float *ddt, float *dA_log, float *dD, c
                     }
                     dx[p] += Dskip[h] * dyt[p] + dtt * sb;
                     sdt += x[p] * sb;
-                    dD[h] += dyt[p] * x[p];
                 }
-                ddt[row * nh + h] += sdt + A * decay * sdec;
-                dA_log[h] += dtt * decay * sdec * A;  // d/dA_log = dA * A
+                ddt[row * nh + h] += sdt;
+                dlda[row * nh + h] += decay * sdec;
                 for (size_t i = 0; i < (size_t)P * N; i++) dh[i] *= decay;
             }
         }
@@ -640,6 +684,17 @@ void ssd_recurrent_backward(float *dxbc, float *ddt, float *dA_log, float *dD, c
 // recurrence. hs: [B, nh, nchunk+1, P, N], hs[.., 0, ..] the initial state
 // (input), then the state entering each chunk and the final state.
 
+// A chunk's rows of xbc (x of one head, B or C) or of y, as Eigen matrices
+// over our buffers: `len` rows of `cols` floats, `stride` floats apart.
+typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
+typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
+static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
+static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
+
+// In matrix form, per chunk and head (X, B, C: len x P, N, N rows; H: P x N):
+//     M     = (C B^T) . L . dt_s         (masked to s <= t)
+//     Y     = M X + diag(e^c) C H_in^T + D X
+//     H_out = e^{c_last} H_in + (diag(e^{c_last - c} dt) X)^T B
 void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
     const int C = SSD_CHUNK, nc = n_chunks(T, C);
@@ -647,163 +702,139 @@ void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, c
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
-            float *cum = scratch + omp_get_thread_num() * scratch_per_thread, *M = cum + C;  // [C], [C, C]
+            float *cum = scratch + omp_get_thread_num() * scratch_per_thread, *Mp = cum + C, *CHp = Mp + C * C, *Xwp = CHp + C * P;
             float A = -expf(A_log[h]);
             float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
             for (int c = 0; c < nc; c++) {
                 size_t row0 = (size_t)b * T + (size_t)c * C;
                 int len = std::min(C, T - c * C);
-                const float *Hin = Hbh + (size_t)c * P * N;
-                float *Hout = Hbh + (size_t)(c + 1) * P * N;
+                const float *base = xbc + row0 * Cc;
+                RowsC X = rows_c(base + h * P, len, P, Cc), Bm = rows_c(base + E, len, N, Cc), Cm = rows_c(base + E + N, len, N, Cc);
+                Rows Y = rows(y + row0 * E + h * P, len, P, E);
+                MapCM Hin(Hbh + (size_t)c * P * N, P, N);
+                MapM Hout(Hbh + (size_t)(c + 1) * P * N, P, N), M(Mp, len, len), CH(CHp, len, P), Xw(Xwp, len, P);
                 for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dt[(row0 + t) * nh + h] * A;
-                // M_ts = L_ts (C_t . B_s) dt_s
-                for (int t = 0; t < len; t++) {
-                    const float *Ct = xbc + (row0 + t) * Cc + E + N;
-                    for (int s = 0; s <= t; s++) {
-                        const float *Bs = xbc + (row0 + s) * Cc + E;
-                        float cb = 0;
-                        for (int n = 0; n < N; n++) cb += Ct[n] * Bs[n];
-                        M[t * C + s] = exp_fast(cum[t] - cum[s]) * cb * dt[(row0 + s) * nh + h];
-                    }
-                }
-                for (int t = 0; t < len; t++) {
-                    const float *xt = xbc + (row0 + t) * Cc + h * P, *Ct = xbc + (row0 + t) * Cc + E + N;
-                    float *yt = y + (row0 + t) * E + h * P, et = exp_fast(cum[t]);
-                    for (int p = 0; p < P; p++) {
-                        const float *Hp = Hin + (size_t)p * N;
-                        float acc = 0;
-                        for (int n = 0; n < N; n++) acc += Hp[n] * Ct[n];
-                        yt[p] = et * acc + Dskip[h] * xt[p];
-                    }
-                    for (int s = 0; s <= t; s++) {
-                        const float *xs = xbc + (row0 + s) * Cc + h * P;
-                        float m = M[t * C + s];
-                        for (int p = 0; p < P; p++) yt[p] += m * xs[p];
-                    }
-                }
-                float elast = exp_fast(cum[len - 1]);
-                for (size_t i = 0; i < (size_t)P * N; i++) Hout[i] = elast * Hin[i];
-                for (int s = 0; s < len; s++) {
-                    const float *xs = xbc + (row0 + s) * Cc + h * P, *Bs = xbc + (row0 + s) * Cc + E;
-                    float ws = exp_fast(cum[len - 1] - cum[s]) * dt[(row0 + s) * nh + h];
-                    for (int p = 0; p < P; p++) {
-                        float *Hp = Hout + (size_t)p * N, xp = ws * xs[p];
-                        for (int n = 0; n < N; n++) Hp[n] += xp * Bs[n];
-                    }
-                }
+                float clast = cum[len - 1];
+                M.noalias() = Cm * Bm.transpose();
+                for (int t = 0; t < len; t++)
+                    for (int s = 0; s < len; s++) M(t, s) = s <= t ? M(t, s) * exp_fast(cum[t] - cum[s]) * dt[(row0 + s) * nh + h] : 0.0f;
+                Y.noalias() = M * X;
+                CH.noalias() = Cm * Hin.transpose();
+                for (int t = 0; t < len; t++) Y.row(t) += exp_fast(cum[t]) * CH.row(t) + Dskip[h] * X.row(t);
+                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dt[(row0 + s) * nh + h]);
+                Hout.noalias() = Xw.transpose() * Bm;
+                Hout += exp_fast(clast) * Hin;
             }
         }
 }
 
 // Backward of the chunked form, chunks in reverse carrying dH (gradient of the
-// state leaving the chunk). With G_ts = L_ts (dy_t . v_s):
-//     dv_s  = sum_{t>=s} L_ts (C_t . B_s) dy_t + e^{c_last-c_s} dH B_s
-//     dx_s += dt_s dv_s + D dy_s,   ddt_s += x_s . dv_s,   dD += dy_s . x_s
-//     dC_t += sum_{s<=t} G_ts B_s + e^{c_t} H_in^T dy_t
-//     dB_s += sum_{t>=s} G_ts C_t + e^{c_last-c_s} dH^T v_s
-//     dH_in = sum_t e^{c_t} dy_t C_t^T + e^{c_last} dH
+// state leaving the chunk). With L_ts = e^{c_t - c_s} (s <= t), v_s = dt_s x_s
+// and G_ts = L_ts dt_s (dy_t . x_s), in matrix form per chunk and head:
+//     dv    = (L . C B^T)^T dY + diag(e^{c_last - c}) B dH^T
+//     dX   += diag(dt) dv + D dY,     ddt_s += x_s . dv_s
+//     dC   += G B + diag(e^c) dY H_in
+//     dB   += G^T C + diag(e^{c_last - c} dt) X dH
+//     dH_in = e^{c_last} dH + (diag(e^c) dY)^T C
 // As in GLA, the decay enters only through differences of the global cumulative
 // sum, so dL/dcum_t = C_t . dC_t - B_t . dB_t (this head's parts of dC, dB), and
-// the gradient of the log decay dt_t A is its reverse running sum; from it
-// ddt_t += A * that and dA_log += dt_t * A * that.
-// Threads own whole sequences, so the shared B, C gradients need no locks.
-void ssd_chunk_backward(float *dxbc, float *ddt, float *dA_log, float *dD, const float *dy, const float *hs,
+// dlda_t, the gradient of the log decay dt_t A, is its reverse running sum.
+// Threads own whole sequences, so the shared B, C gradients need no locks; the
+// heads share one C B^T per chunk, and each carries its own dH.
+void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                         const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                         int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
     const int C = SSD_CHUNK, nc = n_chunks(T, C);
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for reduction(+ : dA_log[:nh], dD[:nh])
+    #pragma omp parallel for
     for (int b = 0; b < B; b++) {
         float *ws = scratch + omp_get_thread_num() * scratch_per_thread;
-        float *dH = ws, *cum = dH + (size_t)P * N, *CB = cum + C, *G = CB + C * C;
-        float *dv = G + C * C, *dBh = dv + C * P, *dCh = dBh + C * N;
-        for (int h = 0; h < nh; h++) {
-            float A = -expf(A_log[h]), run = 0;
-            const float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
-            zero(dH, (size_t)P * N);
-            for (int c = nc - 1; c >= 0; c--) {
-                size_t row0 = (size_t)b * T + (size_t)c * C;
-                int len = std::min(C, T - c * C);
-                const float *Hin = Hbh + (size_t)c * P * N;
-                auto X = [&](int t) { return xbc + (row0 + t) * Cc + h * P; };
-                auto Bv = [&](int t) { return xbc + (row0 + t) * Cc + E; };
-                auto Cv = [&](int t) { return xbc + (row0 + t) * Cc + E + N; };
-                auto dY = [&](int t) { return dy + (row0 + t) * E + h * P; };
+        float *dHall = ws, *run = dHall + (size_t)nh * P * N, *cum = run + nh, *ec = cum + C, *gdiag = ec + C;
+        float *CBp = gdiag + C, *Lp = CBp + C * C, *Gp = Lp + C * C;
+        float *dvp = Gp + C * C, *tPp = dvp + C * P, *dCp = tPp + C * P, *dBp = dCp + C * N, *tNp = dBp + C * N;
+        zero(dHall, (size_t)nh * P * N);
+        zero(run, nh);
+        for (int c = nc - 1; c >= 0; c--) {
+            size_t row0 = (size_t)b * T + (size_t)c * C;
+            int len = std::min(C, T - c * C);
+            const float *base = xbc + row0 * Cc;
+            RowsC Bm = rows_c(base + E, len, N, Cc), Cm = rows_c(base + E + N, len, N, Cc);
+            Rows dBrows = rows(dxbc + row0 * Cc + E, len, N, Cc), dCrows = rows(dxbc + row0 * Cc + E + N, len, N, Cc);
+            MapM CB(CBp, len, len), L(Lp, len, len), G(Gp, len, len), dv(dvp, len, P), tP(tPp, len, P);
+            MapM dCh(dCp, len, N), dBh(dBp, len, N), tN(tNp, len, N);
+            CB.noalias() = Cm * Bm.transpose();
+            for (int h = 0; h < nh; h++) {
+                float A = -expf(A_log[h]);
                 auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
+                RowsC X = rows_c(base + h * P, len, P, Cc), dY = rows_c(dy + row0 * E + h * P, len, P, E);
+                Rows dX = rows(dxbc + row0 * Cc + h * P, len, P, Cc);
+                MapCM Hin(hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N, P, N);
+                MapM dH(dHall + (size_t)h * P * N, P, N);
                 for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
                 float clast = cum[len - 1];
-                zero(dv, (size_t)len * P); zero(dBh, (size_t)len * N); zero(dCh, (size_t)len * N);
-                // CB_ts = C_t . B_s and G_ts = L_ts dt_s (dy_t . x_s), for s <= t
+                for (int t = 0; t < len; t++) ec[t] = exp_fast(clast - cum[t]);  // decay to the chunk's end
                 for (int t = 0; t < len; t++)
-                    for (int s = 0; s <= t; s++) {
-                        float cb = 0, g = 0;
-                        for (int n = 0; n < N; n++) cb += Cv(t)[n] * Bv(s)[n];
-                        for (int p = 0; p < P; p++) g += dY(t)[p] * X(s)[p];
-                        float L = exp_fast(cum[t] - cum[s]);
-                        CB[t * C + s] = L * cb;
-                        G[t * C + s] = L * DT(s) * g;
-                    }
-                for (int t = 0; t < len; t++) {
-                    float et = exp_fast(cum[t]);
-                    for (int s = 0; s <= t; s++) {  // intra: dv_s, dC_t, dB_s
-                        float m = CB[t * C + s], g = G[t * C + s];
-                        for (int p = 0; p < P; p++) dv[s * P + p] += m * dY(t)[p];
-                        for (int n = 0; n < N; n++) {
-                            dCh[t * N + n] += g * Bv(s)[n];
-                            dBh[s * N + n] += g * Cv(t)[n];
-                        }
-                    }
-                    for (int p = 0; p < P; p++) {  // inter: dC_t += e^{c_t} H_in^T dy_t
-                        float gp = et * dY(t)[p];
-                        const float *Hp = Hin + (size_t)p * N;
-                        for (int n = 0; n < N; n++) dCh[t * N + n] += gp * Hp[n];
-                    }
+                    for (int s = 0; s < len; s++) L(t, s) = s <= t ? exp_fast(cum[t] - cum[s]) : 0.0f;
+                // dv, then dX and ddt
+                G.noalias() = L.cwiseProduct(CB);
+                dv.noalias() = G.transpose() * dY;
+                tP.noalias() = Bm * dH.transpose();
+                for (int s = 0; s < len; s++) dv.row(s) += ec[s] * tP.row(s);
+                for (int s = 0; s < len; s++) {
+                    dX.row(s) += DT(s) * dv.row(s) + Dskip[h] * dY.row(s);
+                    ddt[(row0 + s) * nh + h] += X.row(s).dot(dv.row(s));
                 }
-                for (int s = 0; s < len; s++) {  // through H_out
-                    float e = exp_fast(clast - cum[s]), vsc = e * DT(s);
-                    for (int p = 0; p < P; p++) {
-                        const float *dHp = dH + (size_t)p * N;
-                        float d = 0;
-                        for (int n = 0; n < N; n++) {
-                            d += dHp[n] * Bv(s)[n];
-                            dBh[s * N + n] += vsc * dHp[n] * X(s)[p];
-                        }
-                        dv[s * P + p] += e * d;
-                    }
-                }
-                // dH_in = e^{c_last} dH + sum_t e^{c_t} dy_t C_t^T
-                float elast = exp_fast(clast);
-                for (size_t i = 0; i < (size_t)P * N; i++) dH[i] *= elast;
-                for (int t = 0; t < len; t++) {
-                    float et = exp_fast(cum[t]);
-                    for (int p = 0; p < P; p++) {
-                        float gp = et * dY(t)[p];
-                        float *dHp = dH + (size_t)p * N;
-                        for (int n = 0; n < N; n++) dHp[n] += gp * Cv(t)[n];
-                    }
-                }
-                // write dx, dB, dC, ddt, dD and the decay gradient (reverse running sum)
+                // G = L . (dY X^T) . dt_s, then dC and dB of this head. The
+                // diagonal G_tt adds the same G_tt (C_t . B_t) to both sides of
+                // the decay identity; it is left out there (in float32 the two
+                // would not cancel exactly) and added to dB, dC afterwards.
+                G.noalias() = dY * X.transpose();
+                for (int t = 0; t < len; t++)
+                    for (int s = 0; s < len; s++) G(t, s) *= L(t, s) * DT(s);
+                for (int t = 0; t < len; t++) { gdiag[t] = G(t, t); G(t, t) = 0; }
+                dCh.noalias() = G * Bm;
+                tN.noalias() = dY * Hin;
+                for (int t = 0; t < len; t++) dCh.row(t) += exp_fast(cum[t]) * tN.row(t);
+                dBh.noalias() = G.transpose() * Cm;
+                tN.noalias() = X * dH;
+                for (int s = 0; s < len; s++) dBh.row(s) += ec[s] * DT(s) * tN.row(s);
+                // dH for the previous chunk
+                for (int t = 0; t < len; t++) tP.row(t) = exp_fast(cum[t]) * dY.row(t);
+                dH *= exp_fast(clast);
+                dH.noalias() += tP.transpose() * Cm;
+                // the decay gradient as a reverse running sum; then write dB, dC
                 for (int t = len - 1; t >= 0; t--) {
-                    size_t row = row0 + t;
-                    float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
-                    float sdt = 0, sD = 0, dcum = 0;
-                    for (int p = 0; p < P; p++) {
-                        dx[p] += DT(t) * dv[t * P + p] + Dskip[h] * dY(t)[p];
-                        sdt += X(t)[p] * dv[t * P + p];
-                        sD += dY(t)[p] * X(t)[p];
-                    }
-                    for (int n = 0; n < N; n++) {
-                        dB[n] += dBh[t * N + n];
-                        dC[n] += dCh[t * N + n];
-                        dcum += Cv(t)[n] * dCh[t * N + n] - Bv(t)[n] * dBh[t * N + n];
-                    }
-                    run += dcum;
-                    ddt[row * nh + h] += sdt + A * run;
-                    dA_log[h] += DT(t) * A * run;
-                    dD[h] += sD;
+                    run[h] += Cm.row(t).dot(dCh.row(t)) - Bm.row(t).dot(dBh.row(t));
+                    dlda[(row0 + t) * nh + h] += run[h];
                 }
+                for (int t = 0; t < len; t++) {
+                    dCh.row(t) += gdiag[t] * Bm.row(t);
+                    dBh.row(t) += gdiag[t] * Cm.row(t);
+                }
+                dBrows += dBh;
+                dCrows += dCh;
             }
         }
+    }
+}
+
+// The rest of the SSD backward, shared by both forms. The log decay is
+// dt_t A_h with A_h = -exp(A_log[h]), so from its gradient dlda:
+//     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t
+// and the skip y += D x gives dD[h] += sum_t dy_t . x_t over the head's channels.
+void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
+                        const float *dt, const float *A_log, int BT, int nh, int P, int N) {
+    int E = nh * P, Cc = E + 2 * N;
+    #pragma omp parallel for
+    for (int h = 0; h < nh; h++) {
+        float A = -expf(A_log[h]), sa = 0, sd = 0;
+        for (int r = 0; r < BT; r++) {
+            ddt[(size_t)r * nh + h] += A * dlda[(size_t)r * nh + h];
+            sa += dt[(size_t)r * nh + h] * A * dlda[(size_t)r * nh + h];
+            for (int p = 0; p < P; p++) sd += dy[(size_t)r * E + h * P + p] * xbc[(size_t)r * Cc + h * P + p];
+        }
+        dA_log[h] += sa;
+        dD[h] += sd;
     }
 }
 
@@ -830,7 +861,7 @@ void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float 
 
 void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
                             int z_stride, const float *w, const float *rstd, int BT, int E) {
-    #pragma omp parallel for reduction(+ : dw[:E])
+    #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
         float rs = rstd[r], dot = 0;
@@ -839,11 +870,13 @@ void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, cons
         for (int j = 0; j < E; j++) {
             float sz = silu(zr[j]), n = yr[j] * sz * rs;
             float dg = rs * (d[j] * w[j] - n * dot);
-            dw[j] += d[j] * n;
             dy[(size_t)r * E + j] += dg * sz;
             dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
         }
     }
+    sum_rows_into(dw, BT, E, [&](int r, int j) {
+        return dout[(size_t)r * E + j] * y[(size_t)r * E + j] * silu(z[(size_t)r * z_stride + j]) * rstd[r];
+    });
 }
 
 // ----------------------------------------------------------------------------
@@ -852,9 +885,7 @@ void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, cons
 // backward: dlogits += dloss * (softmax(logits) - onehot(target))
 
 float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
-    double sum = 0;
-    int count = 0;
-    #pragma omp parallel for reduction(+ : sum, count)
+    #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         losses[r] = 0;
         if (targets[r] < 0) continue;
@@ -864,9 +895,11 @@ float crossentropy_forward(float *losses, int *n_valid, const float *logits, con
         double s = 0;
         for (int i = 0; i < V; i++) s += exp((double)(l[i] - mx));
         losses[r] = (float)(log(s) + mx - l[targets[r]]);
-        sum += losses[r];
-        count++;
     }
+    double sum = 0;  // serial: the same sum every run
+    int count = 0;
+    for (int r = 0; r < BT; r++)
+        if (targets[r] >= 0) { sum += losses[r]; count++; }
     *n_valid = count;
     return count ? (float)(sum / count) : 0.0f;
 }
@@ -887,13 +920,34 @@ void crossentropy_backward(float *dlogits, const float *logits, const int *targe
 }
 
 // ----------------------------------------------------------------------------
+// AdamW (decoupled weight decay), one tensor at a time, g = grad * grad_scale:
+//     m = b1 m + (1-b1) g,   v = b2 v + (1-b2) g^2
+//     p -= lr * ( m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p )
+
+void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
+                  int step, const AdamWConfig *o) {
+    float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
+        v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
+        p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + o->eps) + wd * p[i]);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // the model: forward and backward built from the ops above
 
 void model_init(Model *m, const Config *c, float *params) {
     std::string e = config_problem(c);
     if (!e.empty()) die("bad config: %s", e.c_str());
     m->config = *c;
+    m->device = DEVICE_CPU;
+    m->gpu = nullptr;
     m->tensors = param_layout(c);
+    m->lr_scale.assign(m->tensors.size(), 1.0f);
+    m->adam_m = m->adam_v = nullptr;
     m->num_params = m->tensors.back().offset + m->tensors.back().size();
     m->params = params ? params : xcalloc_floats(m->num_params);
     m->grads = xcalloc_floats(m->num_params);
@@ -924,7 +978,9 @@ void model_free(Model *m) {
     free(m->params);
     free(m->grads);
     free(m->acts_mem);
-    m->params = m->grads = m->acts_mem = nullptr;
+    free(m->adam_m);
+    free(m->adam_v);
+    m->params = m->grads = m->acts_mem = m->adam_m = m->adam_v = nullptr;
 }
 
 // Fresh token-mixing weights for layer l, as in a new model (also StateX's
@@ -1107,6 +1163,52 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
 
 void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
 
+// sqrt of the sum of squares of the trainable gradients, summed in a fixed
+// order (blocks of 4096 in parallel, then the blocks in sequence)
+float model_grad_norm(Model *m) {
+    double total = 0;
+    for (size_t t = 0; t < m->tensors.size(); t++) {
+        if (m->lr_scale[t] == 0.0f) continue;
+        const float *g = m->grads + m->tensors[t].offset;
+        size_t n = m->tensors[t].size(), nb = (n + 4095) / 4096;
+        std::vector<double> part(nb);
+        #pragma omp parallel for
+        for (size_t b = 0; b < nb; b++) {
+            double s = 0;
+            for (size_t i = b * 4096; i < std::min(n, (b + 1) * 4096); i++) s += (double)g[i] * g[i];
+            part[b] = s;
+        }
+        for (size_t b = 0; b < nb; b++) total += part[b];
+    }
+    return (float)sqrt(total);
+}
+
+void model_update(Model *m, float lr, float grad_scale, int step, const AdamWConfig *opt) {
+    if (!m->adam_m) {
+        m->adam_m = xcalloc_floats(m->num_params);
+        m->adam_v = xcalloc_floats(m->num_params);
+    }
+    for (size_t t = 0; t < m->tensors.size(); t++) {
+        const ParamTensor &pt = m->tensors[t];
+        if (m->lr_scale[t] == 0.0f) continue;
+        adamw_update(m->params + pt.offset, m->grads + pt.offset, m->adam_m + pt.offset, m->adam_v + pt.offset, pt.size(),
+                     lr * m->lr_scale[t], grad_scale, pt.is_matrix ? opt->weight_decay : 0.0f, step, opt);
+    }
+}
+
+double gemm_gflops(int M, int N, int K) {
+    MatRM a = MatRM::Random(M, K), b = MatRM::Random(N, K), c(M, N);
+    c.noalias() = a * b.transpose();  // warm up
+    int reps = 0;
+    double t0 = now_seconds(), t;
+    do {
+        c.noalias() = a * b.transpose();
+        reps++;
+        t = now_seconds() - t0;
+    } while (t < 0.5);
+    return 2.0 * M * N * K * reps / t / 1e9;
+}
+
 static void gla_layer_backward(Model *m, int l, int B, int T) {
     const Config *c = &m->config;
     const LayerWeights *W = &m->w.layer[l];
@@ -1153,17 +1255,19 @@ static void mamba2_layer_backward(Model *m, int l, int B, int T) {
     int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
     int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
     // dx1: d y_out [BT, E]; dx2: d y [BT, E]; dx3: d zxbcdt [BT, Din]; dx4: d xbc [BT, Cc];
-    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]
+    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]; dx7: d log decay [BT, nh]
     zero(a->dx1, (size_t)BT * E); zero(a->dx2, (size_t)BT * E); zero(a->dx3, (size_t)BT * Din);
     zero(a->dx4, (size_t)BT * Cc); zero(a->dx5, (size_t)BT * nh); zero(a->dx6, (size_t)BT * D);
+    zero(a->dx7, (size_t)BT * nh);
     matmul_backward(a->dx1, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
     gated_rmsnorm_backward(a->dx2, a->dx3, Din, G->gnorm, a->dx1, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
     if (m->mixer_form == MIX_CHUNKED)
-        ssd_chunk_backward(a->dx4, a->dx5, G->A_log, G->D, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+        ssd_chunk_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
                            a->scratch, a->scratch_per_thread);
     else
-        ssd_recurrent_backward(a->dx4, a->dx5, G->A_log, G->D, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+        ssd_recurrent_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
                                a->scratch, a->scratch_per_thread);
+    ssd_decay_backward(a->dx5, G->A_log, G->D, a->dx7, a->dx2, A->xbc, A->dt, W->A_log, BT, nh, P, N);
     dt_softplus_backward(a->dx3 + E + Cc, Din, G->dt_bias, a->dx5, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
     conv1d_silu_backward(a->dx3 + E, Din, G->conv_w, G->conv_b, a->dx4, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, B, T, Cc, c->d_conv);
     matmul_backward(a->dx6, G->in_proj, nullptr, a->dx3, A->norm_out, W->in_proj, BT, D, Din);
@@ -1188,6 +1292,113 @@ void model_backward(Model *m) {
         else mamba2_layer_backward(m, l, B, T);
     }
     encoder_backward(m->g.embed, a->dres, m->inputs, BT, D);
+}
+
+
+// ----------------------------------------------------------------------------
+// StateX: expand the recurrent state of a trained model (host side, on the
+// flat parameter buffer; both devices read the result from the model file).
+// Chosen layers: l = 0, k, 2k, ... (every k-th). Embeddings and MLPs are kept.
+//
+// GLA (state K*V/H -> K*V per chosen layer): the layer's heads become one.
+//   reinit: q, k, v, g, gk0, gk1 (+bias), o drawn afresh as in a new model;
+//           attn_norm and g_norm become ones (g_norm grows from V/H to V).
+//   merge:  every weight kept; g_norm becomes the old one tiled H times.
+// Mamba2 (state N -> e*N per chosen layer): the B and C blocks (in_proj rows,
+// conv weights and conv bias) grow from N to e*N rows; z, x, dt rows and the
+// x conv channels are kept.
+//   reinit: all e*N rows of B and C drawn afresh, dt_bias and A_log re-drawn,
+//           mixer.norm ones; D and the block's norm kept.
+//   copy:   the old block repeated e times.
+//   zero:   the old block, then zeros. The function is unchanged, but the new
+//           rows never learn: a new state row n only reaches the output through
+//           C[n] (zero) and only gets gradient through C[n] too.
+//   grow:   ours. New C rows (in_proj, conv, bias) drawn afresh; new B in_proj
+//           rows and conv bias zero, new B conv weights drawn afresh. Then the
+//           new B values are silu(0) = 0, so the new state rows stay 0 and the
+//           function is unchanged, like zero; but dB_new = sum G C_new != 0, and
+//           it reaches the new B in_proj rows through the (non-zero) conv
+//           weights: every new row learns from the first step (the same trick
+//           as LoRA's one-zero-factor start).
+
+static void copy_rows(float *dst, const float *src, size_t rows, size_t cols) { memcpy(dst, src, rows * cols * sizeof(float)); }
+
+std::string expand_model(const Config *in, const float *params_in, const std::string &mode, int every, int factor,
+                         uint64_t seed, Config *out, float **params_out) {
+    bool gla = in->family == FAMILY_GLA;
+    bool ok_mode = gla ? (mode == "reinit" || mode == "merge")
+                       : (mode == "reinit" || mode == "copy" || mode == "zero" || mode == "grow");
+    if (!ok_mode)
+        return strf("expansion mode '%s' is not one of %s's (%s)", mode.c_str(), family_name(in->family),
+                    gla ? "reinit, merge" : "reinit, copy, zero, grow");
+    if (every < 1 || every > in->n_layer) return strf("--expand-every %d must be between 1 and n_layer = %d", every, in->n_layer);
+    if (!gla && factor < 2) return strf("--expand-factor %d must be at least 2", factor);
+    *out = *in;
+    for (int l = 0; l < in->n_layer; l += every) {
+        if (gla) out->n_head[l] = 1;
+        else if ((int64_t)in->d_state[l] * factor > (1 << 14)) return strf("layer %d: state %d x %d is too large", l, in->d_state[l], factor);
+        else out->d_state[l] = in->d_state[l] * factor;
+    }
+    std::string e = config_problem(out);
+    if (!e.empty()) return e;
+    // start from a fresh model of the new shape, then copy every tensor whose
+    // name and shape are unchanged: that is everything outside chosen layers
+    Model mi, mo;
+    model_init(&mi, in, (float *)params_in);
+    model_init(&mo, out, nullptr);
+    Rng rng = {seed};
+    for (const ParamTensor &t : mo.tensors)
+        for (const ParamTensor &s : mi.tensors)
+            if (s.name == t.name && s.rows == t.rows && s.cols == t.cols) copy_rows(mo.params + t.offset, mi.params + s.offset, 1, t.size());
+    for (int l = 0; l < in->n_layer; l += every) {
+        LayerWeights *I = &mi.w.layer[l], *O = &mo.w.layer[l];
+        if (gla) {
+            int V = in->value_dim, H = in->n_head[l], dv = V / H;
+            if (mode == "reinit") init_layer_mixer(&mo, l, &rng);
+            else for (int h = 0; h < H; h++) copy_rows(O->g_norm + h * dv, I->g_norm, 1, dv);
+            continue;
+        }
+        int D = in->d_model, E = in->d_inner, N = in->d_state[l], eN = out->d_state[l], nh = m2_nheads(in), W = in->d_conv;
+        if (mode == "reinit") init_layer_mixer(&mo, l, &rng);  // all afresh; below we put back what is kept
+        // kept in every mode: the z, x and dt rows of in_proj, the x conv channels
+        copy_rows(O->in_proj, I->in_proj, 2 * E, D);
+        copy_rows(O->in_proj + (size_t)(2 * E + 2 * eN) * D, I->in_proj + (size_t)(2 * E + 2 * N) * D, nh, D);
+        copy_rows(O->conv_w, I->conv_w, E, W);
+        copy_rows(O->conv_b, I->conv_b, 1, E);
+        if (mode == "reinit") {  // and D, the block's norm and out_proj
+            copy_rows(O->norm, I->norm, 1, D);
+            copy_rows(O->D, I->D, 1, nh);
+            copy_rows(O->out_proj, I->out_proj, D, E);
+            continue;
+        }
+        // copy, zero, grow: block b = 0 (B) or 1 (C); new rows after the old N
+        for (int b = 0; b < 2; b++) {
+            float *oin = O->in_proj + (size_t)(2 * E + b * eN) * D, *ow = O->conv_w + (size_t)(E + b * eN) * W, *ob = O->conv_b + E + b * eN;
+            const float *iin = I->in_proj + (size_t)(2 * E + b * N) * D, *iw = I->conv_w + (size_t)(E + b * N) * W, *ib = I->conv_b + E + b * N;
+            for (int r = 0; r < factor; r++) {  // r = 0: the old block itself
+                float *pin = oin + (size_t)r * N * D, *pw = ow + (size_t)r * N * W, *pb = ob + r * N;
+                if (r == 0 || mode == "copy") {
+                    copy_rows(pin, iin, N, D); copy_rows(pw, iw, N, W); copy_rows(pb, ib, 1, N);
+                    continue;
+                }
+                zero(pin, (size_t)N * D); zero(pw, (size_t)N * W); zero(pb, N);
+                if (mode == "grow") {
+                    float bound = 1.0f / sqrtf((float)W);
+                    for (size_t i = 0; i < (size_t)N * W; i++) pw[i] = bound * (2 * rng_uniform(&rng) - 1);
+                    if (b == 1) {  // C: everything fresh
+                        for (size_t i = 0; i < (size_t)N * D; i++) pin[i] = 0.02f * rng_normal(&rng);
+                        for (int i = 0; i < N; i++) pb[i] = bound * (2 * rng_uniform(&rng) - 1);
+                    }
+                }
+            }
+        }
+    }
+    *params_out = mo.params;
+    mo.params = nullptr;
+    mi.params = nullptr;  // the caller's
+    model_free(&mi);
+    model_free(&mo);
+    return "";
 }
 
 }  // namespace cpu

@@ -1,0 +1,107 @@
+# statex: build, test, benchmark, train.
+#
+#   make              build ./train and ./infer (with CUDA when nvcc is found)
+#   make test         build and run the tests (GPU tests skip without a GPU)
+#   make train        the main job: prepare the corpus, train a small model, sample
+#   make bench        throughput, FLOP rate and memory for the benchmark presets
+#   make experiment   the StateX recall experiment (see README.md)
+#
+# Missing Debian packages are installed when run as root; otherwise the exact
+# apt-get command is printed.
+
+CXX      ?= g++
+CXXFLAGS ?= -O3 -march=native -mprefer-vector-width=512
+CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem /usr/include/eigen3 -isystem /usr/include/stb
+# Eigen's AVX-512 kernels trip GCC 12's (false) uninitialized warnings
+EIGEN_FLAGS = -Wno-uninitialized -Wno-maybe-uninitialized
+LDLIBS   = -fopenmp -lm
+
+# CUDA: found on PATH or in the default toolkit place. sm_90 code plus PTX so
+# newer GPUs can JIT it; every warning is an error.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+  CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
+  NVCCFLAGS  = -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] \
+               -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
+  GPU_OBJ    = build/statex_cuda.o
+  CXXFLAGS  += -DSTATEX_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+else
+  GPU_OBJ    =
+endif
+
+# Debian packages this project needs: "file-it-provides:package"
+PACKAGES = /usr/include/eigen3/Eigen/Dense:libeigen3-dev \
+           /usr/include/stb/stb_image_write.h:libstb-dev \
+           /usr/include/doctest/doctest.h:doctest-dev \
+           /usr/share/games/fortunes/fortunes:fortunes
+
+CPU_OBJ = build/statex_cpu.o
+TESTS   = $(wildcard tests/test_*.cpp)
+
+# The binaries live at the top (./train, ./infer), but `make train` is the main
+# job, not the binary; so the link rules name the binaries by absolute path.
+BIN_TRAIN = $(CURDIR)/train
+BIN_INFER = $(CURDIR)/infer
+BIN_TESTS = $(CURDIR)/tests/run_tests
+
+.PHONY: all deps test bench train data experiment experiment-quick clean
+all: $(BIN_TRAIN) $(BIN_INFER)
+
+deps:
+	@missing=""; for fp in $(PACKAGES); do f=$${fp%%:*}; p=$${fp#*:}; \
+	  [ -e "$$f" ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) || \
+	      { echo "error: apt-get could not install$$missing"; exit 1; }; \
+	  else \
+	    echo "error: missing Debian packages:$$missing"; \
+	    echo "install them with:  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+build/statex_cpu.o: statex_cpu.cpp model.h | deps
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) $(EIGEN_FLAGS) -c $< -o $@
+
+build/statex_cuda.o: statex.cu model.h | deps
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+build/%.o: %.cpp model.h data/tasks.h | deps
+	@mkdir -p build
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+build/tests/%.o: tests/%.cpp tests/test_util.h model.h data/tasks.h | deps
+	@mkdir -p build/tests
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BIN_TRAIN): build/train.o $(CPU_OBJ) $(GPU_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+$(BIN_INFER): build/infer.o $(CPU_OBJ) $(GPU_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+$(BIN_TESTS): $(patsubst tests/%.cpp,build/tests/%.o,$(TESTS)) $(CPU_OBJ) $(GPU_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+# the corpus: Debian's fortunes, cleaned to printable ASCII, split train/val
+data: data/train.txt
+data/train.txt: data/prepare.sh | deps
+	sh data/prepare.sh
+
+test: $(BIN_TESTS) $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+	./tests/run_tests
+
+bench: $(BIN_TRAIN) $(BIN_INFER)
+	./train --bench
+	./infer --bench
+
+train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+	./train --preset tiny-gla --out out/tiny-gla.bin
+	./infer --model out/tiny-gla.bin --prompt "The " --max-tokens 400 --seed 1
+
+clean:
+	rm -rf build $(BIN_TRAIN) $(BIN_INFER) $(BIN_TESTS)

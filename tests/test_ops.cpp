@@ -1,0 +1,286 @@
+// Every op's backward against finite differences of its forward, on small
+// random inputs; and the two forms of each token mixer (recurrent, chunked)
+// against each other, outputs and gradients, at lengths around the chunk size.
+#include "test_util.h"
+#include <omp.h>
+
+typedef std::vector<float> Vec;
+static const double FD_TOL = 1e-2;  // directional FD error relative to |grad| |u|
+
+TEST_CASE("fd: encoder") {
+    Rng r = {1};
+    int BT = 7, D = 5, vocab = 4;
+    int tokens[7] = {0, 3, 3, 1, 0, 2, 3};
+    Vec embed = normal_vec(vocab * D, &r), R = normal_vec(BT * D, &r), out(BT * D), dembed(vocab * D);
+    cpu::encoder_backward(dembed.data(), R.data(), tokens, BT, D);
+    auto loss = [&] { cpu::encoder_forward(out.data(), tokens, embed.data(), BT, D); return dot_loss(out.data(), R.data(), out.size()); };
+    CHECK(fd_check(loss, embed.data(), dembed.data(), embed.size(), &r) < FD_TOL);
+}
+
+TEST_CASE("fd: rmsnorm") {
+    Rng r = {2};
+    int N = 6, D = 19;
+    Vec x = normal_vec(N * D, &r), w = normal_vec(D, &r), R = normal_vec(N * D, &r), out(N * D), rstd(N), dx(N * D), dw(D);
+    cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D);
+    cpu::rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), N, D);
+    auto loss = [&] { cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D); return dot_loss(out.data(), R.data(), out.size()); };
+    CHECK(fd_check(loss, x.data(), dx.data(), x.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss, w.data(), dw.data(), w.size(), &r) < FD_TOL);
+}
+
+TEST_CASE("fd: matmul with bias") {
+    Rng r = {3};
+    int N = 5, C = 7, OC = 9;
+    Vec x = normal_vec(N * C, &r), w = normal_vec(OC * C, &r), bias = normal_vec(OC, &r), R = normal_vec(N * OC, &r);
+    Vec out(N * OC), dx(N * C), dw(OC * C), db(OC);
+    cpu::matmul_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), N, C, OC);
+    auto loss = [&] { cpu::matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, C, OC); return dot_loss(out.data(), R.data(), out.size()); };
+    CHECK(fd_check(loss, x.data(), dx.data(), x.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss, w.data(), dw.data(), w.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss, bias.data(), db.data(), bias.size(), &r) < FD_TOL);
+}
+
+TEST_CASE("fd: swiglu and the GLA gate") {
+    Rng r = {4};
+    size_t n = 40;
+    Vec g = normal_vec(n, &r, 2), u = normal_vec(n, &r), R = normal_vec(n, &r), h(n), dg(n), du(n);
+    cpu::swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
+    auto loss = [&] { cpu::swiglu_forward(h.data(), g.data(), u.data(), n); return dot_loss(h.data(), R.data(), n); };
+    CHECK(fd_check(loss, g.data(), dg.data(), n, &r) < FD_TOL);
+    CHECK(fd_check(loss, u.data(), du.data(), n, &r) < FD_TOL);
+    Vec x = normal_vec(n, &r, 3), a(n), dx(n);
+    cpu::gla_gate_backward(dx.data(), R.data(), x.data(), n);
+    auto loss2 = [&] { cpu::gla_gate_forward(a.data(), x.data(), n); return dot_loss(a.data(), R.data(), n); };
+    CHECK(fd_check(loss2, x.data(), dx.data(), n, &r) < FD_TOL);
+}
+
+TEST_CASE("fd: GLA per-head norm and output gate") {
+    Rng r = {5};
+    int BT = 4, H = 3, dv = 8;
+    size_t n = (size_t)BT * H * dv;
+    Vec o = normal_vec(n, &r), og = normal_vec(n, &r), w = normal_vec(dv, &r), R = normal_vec(n, &r);
+    Vec out(n), rstd(BT * H), d_o(n), dog(n), dw(dv);
+    cpu::head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
+    cpu::head_norm_gate_backward(d_o.data(), dog.data(), dw.data(), R.data(), o.data(), og.data(), w.data(), rstd.data(), BT, H, dv);
+    auto loss = [&] {
+        cpu::head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
+        return dot_loss(out.data(), R.data(), n);
+    };
+    CHECK(fd_check(loss, o.data(), d_o.data(), n, &r) < FD_TOL);
+    CHECK(fd_check(loss, og.data(), dog.data(), n, &r) < FD_TOL);
+    CHECK(fd_check(loss, w.data(), dw.data(), dv, &r) < FD_TOL);
+}
+
+TEST_CASE("fd: Mamba2 conv1d + SiLU, softplus dt, gated rmsnorm") {
+    Rng r = {6};
+    int B = 2, T = 9, Cc = 70, W = 4, stride = 75;  // strided input rows, a partial channel block
+    Vec in = normal_vec((size_t)B * T * stride, &r), w = normal_vec(Cc * W, &r, 0.5f), bias = normal_vec(Cc, &r, 0.1f);
+    Vec R = normal_vec((size_t)B * T * Cc, &r), out(B * T * Cc), pre(B * T * Cc), din(in.size()), dw(Cc * W), db(Cc);
+    cpu::conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
+    cpu::conv1d_silu_backward(din.data(), stride, dw.data(), db.data(), R.data(), pre.data(), in.data(), stride, w.data(), B, T, Cc, W);
+    auto loss = [&] {
+        cpu::conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
+        return dot_loss(out.data(), R.data(), out.size());
+    };
+    CHECK(fd_check(loss, in.data(), din.data(), in.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss, w.data(), dw.data(), w.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss, bias.data(), db.data(), bias.size(), &r) < FD_TOL);
+
+    int BT = 6, nh = 3, rs = 5;
+    Vec raw = normal_vec(BT * rs, &r), dtb = normal_vec(nh, &r), Rd = normal_vec(BT * nh, &r), dt(BT * nh), draw(BT * rs), ddtb(nh);
+    cpu::dt_softplus_backward(draw.data(), rs, ddtb.data(), Rd.data(), raw.data(), rs, dtb.data(), BT, nh);
+    auto loss2 = [&] { cpu::dt_softplus_forward(dt.data(), raw.data(), rs, dtb.data(), BT, nh); return dot_loss(dt.data(), Rd.data(), dt.size()); };
+    CHECK(fd_check(loss2, raw.data(), draw.data(), raw.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss2, dtb.data(), ddtb.data(), nh, &r) < FD_TOL);
+
+    int E = 11, zs = 15;
+    Vec y = normal_vec(BT * E, &r), z = normal_vec(BT * zs, &r), gw = normal_vec(E, &r), Rg = normal_vec(BT * E, &r);
+    Vec go(BT * E), grstd(BT), dy(BT * E), dz(BT * zs), dgw(E);
+    cpu::gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
+    cpu::gated_rmsnorm_backward(dy.data(), dz.data(), zs, dgw.data(), Rg.data(), y.data(), z.data(), zs, gw.data(), grstd.data(), BT, E);
+    auto loss3 = [&] {
+        cpu::gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
+        return dot_loss(go.data(), Rg.data(), go.size());
+    };
+    CHECK(fd_check(loss3, y.data(), dy.data(), y.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss3, z.data(), dz.data(), z.size(), &r) < FD_TOL);
+    CHECK(fd_check(loss3, gw.data(), dgw.data(), E, &r) < FD_TOL);
+}
+
+TEST_CASE("fd: cross-entropy with ignored targets") {
+    Rng r = {7};
+    int BT = 6, V = 13;
+    int targets[6] = {3, -1, 12, 0, -1, 7};
+    Vec logits = normal_vec(BT * V, &r, 2), losses(BT), dl(BT * V);
+    int n = 0;
+    float L = cpu::crossentropy_forward(losses.data(), &n, logits.data(), targets, BT, V);
+    CHECK(n == 4);
+    CHECK(losses[1] == 0.0f);
+    cpu::crossentropy_backward(dl.data(), logits.data(), targets, BT, V, 1.0f / n);
+    for (int i = 0; i < V; i++) CHECK(dl[1 * V + i] == 0.0f);  // ignored rows get no gradient
+    auto loss = [&] { int m; return (double)cpu::crossentropy_forward(losses.data(), &m, logits.data(), targets, BT, V); };
+    CHECK(fd_check(loss, logits.data(), dl.data(), logits.size(), &r) < FD_TOL);
+    CHECK(L > 0);
+    int none[6] = {-1, -1, -1, -1, -1, -1};  // no targets at all: loss 0
+    CHECK(cpu::crossentropy_forward(losses.data(), &n, logits.data(), none, BT, V) == 0.0f);
+    CHECK(n == 0);
+}
+
+// ----------------------------------------------------------------------------
+// the token mixers
+
+static std::vector<float> scan_scratch(const Config &c) {
+    return std::vector<float>(((scan_scratch_floats(&c) + 15) & ~(size_t)15) * omp_get_max_threads());
+}
+static size_t per_thread(const Config &c) { return (scan_scratch_floats(&c) + 15) & ~(size_t)15; }
+
+struct GlaCase {
+    int B, T, H, K, V;
+    Vec q, k, v, a, dout;
+};
+static GlaCase gla_case(int B, int T, int H, int K, int V, float decay_lo, float decay_hi, uint64_t seed) {
+    Rng r = {seed};
+    GlaCase g{B, T, H, K, V, {}, {}, {}, {}, {}};
+    size_t nk = (size_t)B * T * K, nv = (size_t)B * T * V;
+    g.q = normal_vec(nk, &r); g.k = normal_vec(nk, &r); g.v = normal_vec(nv, &r); g.dout = normal_vec(nv, &r);
+    g.a.resize(nk);
+    for (float &x : g.a) x = decay_lo + (decay_hi - decay_lo) * rng_uniform(&r);  // log decays <= 0
+    return g;
+}
+static Config gla_config(int H, int K, int V) {
+    Config c;
+    memset(&c, 0, sizeof c);
+    c.family = FAMILY_GLA; c.n_layer = 1; c.key_dim = K; c.value_dim = V; c.n_head[0] = H;
+    return c;
+}
+
+// outputs and gradients of both forms
+struct GlaResult { Vec o, dq, dk, dv, da; };
+static GlaResult gla_run(GlaCase &g, bool chunked) {
+    int B = g.B, T = g.T, H = g.H, K = g.K, V = g.V, hk = K / H, hv = V / H;
+    Config c = gla_config(H, K, V);
+    Vec ws = scan_scratch(c);
+    GlaResult res{Vec((size_t)B * T * V), Vec(g.q.size()), Vec(g.k.size()), Vec(g.v.size()), Vec(g.a.size())};
+    if (chunked) {
+        Vec S((size_t)B * H * (n_chunks(T, GLA_CHUNK) + 1) * hk * hv);
+        cpu::gla_chunk_forward(res.o.data(), S.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+        cpu::gla_chunk_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S.data(), g.q.data(), g.k.data(),
+                                g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+    } else {
+        Vec S((size_t)B * H * hk * hv), S_all((size_t)B * H * T * hk * hv);
+        cpu::gla_recurrent_forward(res.o.data(), S.data(), S_all.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V);
+        cpu::gla_recurrent_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S_all.data(), g.q.data(),
+                                    g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+    }
+    return res;
+}
+
+static bool all_finite(const Vec &v) {
+    for (float x : v) if (!std::isfinite(x)) return false;
+    return true;
+}
+
+TEST_CASE("GLA: recurrent form == chunked form, outputs and gradients") {
+    const int C = GLA_CHUNK;
+    for (int T : {1, C - 1, C, C + 1, 3 * C + 5}) {
+        for (int strong = 0; strong < 2; strong++) {
+            // strong decay: log gates down to -8 per step, the cumulative sum reaches about -130 in one chunk
+            GlaCase g = gla_case(2, T, 2, 8, 12, strong ? -8.0f : -0.6f, strong ? -4.0f : 0.0f, 10 + T);
+            GlaResult rec = gla_run(g, false), chk = gla_run(g, true);
+            CAPTURE(T); CAPTURE(strong);
+            CHECK(all_finite(chk.o)); CHECK(all_finite(chk.da));
+            CHECK(rel_err(chk.o.data(), rec.o.data(), rec.o.size()) < 1e-5);
+            CHECK(rel_err(chk.dq.data(), rec.dq.data(), rec.dq.size()) < 1e-4);
+            CHECK(rel_err(chk.dk.data(), rec.dk.data(), rec.dk.size()) < 1e-4);
+            CHECK(rel_err(chk.dv.data(), rec.dv.data(), rec.dv.size()) < 1e-4);
+            CHECK(rel_err(chk.da.data(), rec.da.data(), rec.da.size()) < 1e-4);
+        }
+    }
+}
+
+TEST_CASE("fd: GLA scan, both forms") {
+    GlaCase g = gla_case(1, 21, 2, 6, 8, -0.7f, 0.0f, 99);
+    for (int chunked = 0; chunked < 2; chunked++) {
+        GlaResult res = gla_run(g, chunked);
+        Rng r = {5};
+        auto loss = [&] { GlaResult x = gla_run(g, chunked); return dot_loss(x.o.data(), g.dout.data(), x.o.size()); };
+        CAPTURE(chunked);
+        CHECK(fd_check(loss, g.q.data(), res.dq.data(), g.q.size(), &r) < FD_TOL);
+        CHECK(fd_check(loss, g.k.data(), res.dk.data(), g.k.size(), &r) < FD_TOL);
+        CHECK(fd_check(loss, g.v.data(), res.dv.data(), g.v.size(), &r) < FD_TOL);
+        CHECK(fd_check(loss, g.a.data(), res.da.data(), g.a.size(), &r) < FD_TOL);
+    }
+}
+
+struct SsdCase {
+    int B, T, nh, P, N;
+    Vec xbc, dt, A_log, Dskip, dy;
+};
+static SsdCase ssd_case(int B, int T, int nh, int P, int N, float dt_scale, uint64_t seed) {
+    Rng r = {seed};
+    SsdCase s{B, T, nh, P, N, {}, {}, {}, {}, {}};
+    int E = nh * P, Cc = E + 2 * N;
+    s.xbc = normal_vec((size_t)B * T * Cc, &r);
+    s.dt.resize((size_t)B * T * nh);
+    for (float &x : s.dt) x = dt_scale * softplusf(rng_normal(&r));
+    s.A_log.resize(nh);
+    for (float &x : s.A_log) x = logf(1 + 15 * rng_uniform(&r));
+    s.Dskip = normal_vec(nh, &r);
+    s.dy = normal_vec((size_t)B * T * E, &r);
+    return s;
+}
+struct SsdResult { Vec y, dxbc, ddt, dA_log, dD; };
+static SsdResult ssd_run(SsdCase &s, bool chunked) {
+    int B = s.B, T = s.T, nh = s.nh, P = s.P, N = s.N, E = nh * P;
+    Config c;
+    memset(&c, 0, sizeof c);
+    c.family = FAMILY_MAMBA2; c.n_layer = 1; c.d_inner = E; c.headdim = P; c.d_conv = 4; c.d_state[0] = N;
+    Vec ws = scan_scratch(c), dlda((size_t)B * T * nh);
+    SsdResult res{Vec((size_t)B * T * E), Vec(s.xbc.size()), Vec(s.dt.size()), Vec(nh), Vec(nh)};
+    if (chunked) {
+        Vec hs((size_t)B * nh * (n_chunks(T, SSD_CHUNK) + 1) * P * N);
+        cpu::ssd_chunk_forward(res.y.data(), hs.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
+        cpu::ssd_chunk_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), hs.data(), s.xbc.data(), s.dt.data(),
+                                s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
+    } else {
+        Vec hs((size_t)B * nh * P * N), h_all((size_t)B * nh * T * P * N);
+        cpu::ssd_recurrent_forward(res.y.data(), hs.data(), h_all.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N);
+        cpu::ssd_recurrent_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), h_all.data(), s.xbc.data(), s.dt.data(),
+                                    s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
+    }
+    cpu::ssd_decay_backward(res.ddt.data(), res.dA_log.data(), res.dD.data(), dlda.data(), s.dy.data(), s.xbc.data(), s.dt.data(),
+                            s.A_log.data(), B * T, nh, P, N);
+    return res;
+}
+
+TEST_CASE("Mamba2 SSD: recurrent form == chunked form, outputs and gradients") {
+    const int C = SSD_CHUNK;
+    for (int T : {1, C - 1, C, C + 1, 2 * C + 7}) {
+        for (int strong = 0; strong < 2; strong++) {
+            // strong decay: dt*A down to about -80 per step
+            SsdCase s = ssd_case(2, T, 3, 4, 5, strong ? 5.0f : 0.3f, 20 + T);
+            SsdResult rec = ssd_run(s, false), chk = ssd_run(s, true);
+            CAPTURE(T); CAPTURE(strong);
+            CHECK(all_finite(chk.y)); CHECK(all_finite(chk.ddt));
+            CHECK(rel_err(chk.y.data(), rec.y.data(), rec.y.size()) < 1e-5);
+            CHECK(rel_err(chk.dxbc.data(), rec.dxbc.data(), rec.dxbc.size()) < 1e-4);
+            CHECK(rel_err(chk.ddt.data(), rec.ddt.data(), rec.ddt.size()) < 1e-4);
+            CHECK(rel_err(chk.dA_log.data(), rec.dA_log.data(), rec.dA_log.size()) < 1e-3);
+            CHECK(rel_err(chk.dD.data(), rec.dD.data(), rec.dD.size()) < 1e-4);
+        }
+    }
+}
+
+TEST_CASE("fd: Mamba2 SSD scan, both forms") {
+    SsdCase s = ssd_case(1, 70, 2, 3, 4, 0.3f, 77);
+    for (int chunked = 0; chunked < 2; chunked++) {
+        SsdResult res = ssd_run(s, chunked);
+        Rng r = {6};
+        auto loss = [&] { SsdResult x = ssd_run(s, chunked); return dot_loss(x.y.data(), s.dy.data(), x.y.size()); };
+        CAPTURE(chunked);
+        CHECK(fd_check(loss, s.xbc.data(), res.dxbc.data(), s.xbc.size(), &r) < FD_TOL);
+        CHECK(fd_check(loss, s.dt.data(), res.ddt.data(), s.dt.size(), &r, 1e-3f) < FD_TOL);
+        CHECK(fd_check(loss, s.A_log.data(), res.dA_log.data(), s.nh, &r, 1e-3f) < FD_TOL);
+        CHECK(fd_check(loss, s.Dskip.data(), res.dD.data(), s.nh, &r) < FD_TOL);
+    }
+}

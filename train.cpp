@@ -1,0 +1,653 @@
+// train.cpp: train a GLA or Mamba2 byte-level language model; expand its state
+// with StateX and post-train it; check parity with an outside reference
+// (--debug-state); measure training speed (--bench). `./train --help` lists
+// the flags.
+//
+// Outputs of a training run, for --out PATH:
+//   PATH        the model file (README.md "File formats")
+//   PATH.opt    optimizer state for --resume (moments, step, the run's flags, history)
+//   PATH.png    the loss curve;  PATH.csv  the same numbers as text
+// Every file is written to a temporary name and renamed, so an interrupted run
+// or a full disk never leaves a half-written checkpoint.
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include "model.h"
+#include "data/tasks.h"
+#include <omp.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+// ----------------------------------------------------------------------------
+// options
+
+struct Options {
+    // the model
+    std::string preset, init, resume;
+    Config config;                 // for a new model (from --preset and the size flags)
+    bool config_given = false;     // any size flag given
+    // data
+    std::string data = "data/train.txt", val = "data/val.txt";
+    RecallMix mix;
+    // training
+    int steps = -1, batch = 8, seq_len = 256, warmup = 100, eval_every = 100, eval_rows = 64, save_every = 200, stop_at = 0;
+    float lr = 2e-3f, min_lr_frac = 0.1f, grad_clip = 1.0f;
+    AdamWConfig adamw;
+    uint64_t seed = 1;
+    std::string out = "out/model.bin", device = "cpu";
+    bool quiet = false;
+    // StateX
+    std::string expand_mode;
+    int expand_every = 0, expand_factor = 4;
+    bool train_only_expanded = false;
+    float expanded_lr_scale = 1.0f;
+    // other jobs
+    std::string debug_state, dump_state;
+    bool bench = false;
+    std::vector<std::string> run_flags;  // the flags that define a run, stored for --resume
+};
+
+static void usage() {
+    printf(
+        "usage: ./train [flags]\n"
+        "model:\n"
+        "  --preset NAME        tiny-gla (default), tiny-mamba2, gla-small, mamba2-small, gla-1.3b, mamba2-1.3b,\n"
+        "                       and the experiment's exp-gla, exp-mamba2\n"
+        "  --family gla|mamba2  --d-model N  --n-layer N  --untied\n"
+        "  GLA:    --key-dim N --value-dim N --heads N --gate-rank N --mlp-hidden N\n"
+        "  Mamba2: --d-inner N --headdim N --d-state N --d-conv N\n"
+        "  --init MODEL         start from a model file instead of a new model\n"
+        "  --resume PATH        continue the run whose checkpoint is PATH (and PATH.opt) exactly\n"
+        "data:\n"
+        "  --data FILE          training text (default data/train.txt)   --val FILE (default data/val.txt)\n"
+        "  --recall-frac F      fraction of rows that hold a recall task (default 0)\n"
+        "  --passkey-share F    of those, the passkey share (default 0; the rest MQAR)\n"
+        "  --mqar-min N --mqar-max N --mqar-gap N   MQAR pairs and filler gap (4, 32, 0)\n"
+        "training:\n"
+        "  --steps N  --batch B  --seq-len T  --lr X  --min-lr-frac X (of lr, cosine end)  --warmup N\n"
+        "  --weight-decay X  --grad-clip X  --seed N  --device cpu|cuda\n"
+        "  --eval-every N  --eval-rows N  --save-every N  --stop-at N (stop after step N, as if interrupted)\n"
+        "  --out PATH           checkpoint (default out/model.bin)   --quiet\n"
+        "StateX:\n"
+        "  --expand MODE        GLA: reinit|merge; Mamba2: reinit|copy|zero|grow (needs --init)\n"
+        "  --expand-every K     expand layers 0, K, 2K, ...   --expand-factor E  (Mamba2, default 4)\n"
+        "  --train-only-expanded   post-train only the expanded layers' token mixing\n"
+        "  --expanded-lr-scale X   their learning rate is X times --lr\n"
+        "  Without --steps, --expand only writes the expanded model to --out.\n"
+        "other:\n"
+        "  --debug-state IN --dump-state OUT   one forward/backward on --init MODEL with IN's tokens\n"
+        "  --bench              training speed of --preset (default: gla-small and mamba2-small)\n");
+}
+
+static void parse_args(const std::vector<std::string> &args, Options *o) {
+    Config *c = &o->config;
+    for (size_t i = 0; i + 1 < args.size(); i++)  // the preset first, so size flags adjust it wherever they stand
+        if (args[i] == "--preset") {
+            o->preset = args[i + 1];
+            if (!preset_config(o->preset, c)) die("unknown preset '%s' (see ./train --help)", o->preset.c_str());
+        }
+    for (size_t i = 0; i < args.size(); i++) {
+        const std::string &a = args[i];
+        auto val = [&]() -> std::string {
+            if (i + 1 >= args.size()) die("%s needs a value (see ./train --help)", a.c_str());
+            return args[++i];
+        };
+        // flags that shape the run are remembered for --resume
+        size_t first = i;
+        bool run_flag = true;
+        auto all_layers = [&](int *per_layer, int v) { for (int l = 0; l < MAX_LAYER; l++) per_layer[l] = v; };
+        if (a == "--help" || a == "-h") { usage(); exit(0); }
+        else if (a == "--preset") val();  // done above
+        else if (a == "--family") {
+            std::string f = val();
+            if (f == "gla") c->family = FAMILY_GLA; else if (f == "mamba2") c->family = FAMILY_MAMBA2;
+            else die("--family: '%s' is not gla or mamba2", f.c_str());
+            o->config_given = true;
+        }
+        else if (a == "--d-model") { c->d_model = to_int(a, val()); o->config_given = true; }
+        else if (a == "--n-layer") { c->n_layer = to_int(a, val()); o->config_given = true; }
+        else if (a == "--untied") { c->tied = 0; o->config_given = true; }
+        else if (a == "--key-dim") { c->key_dim = to_int(a, val()); o->config_given = true; }
+        else if (a == "--value-dim") { c->value_dim = to_int(a, val()); o->config_given = true; }
+        else if (a == "--heads") { all_layers(c->n_head, to_int(a, val())); o->config_given = true; }
+        else if (a == "--gate-rank") { c->gate_rank = to_int(a, val()); o->config_given = true; }
+        else if (a == "--mlp-hidden") { c->mlp_hidden = to_int(a, val()); o->config_given = true; }
+        else if (a == "--d-inner") { c->d_inner = to_int(a, val()); o->config_given = true; }
+        else if (a == "--headdim") { c->headdim = to_int(a, val()); o->config_given = true; }
+        else if (a == "--d-state") { all_layers(c->d_state, to_int(a, val())); o->config_given = true; }
+        else if (a == "--d-conv") { c->d_conv = to_int(a, val()); o->config_given = true; }
+        else if (a == "--init") o->init = val();
+        else if (a == "--data") o->data = val();
+        else if (a == "--val") o->val = val();
+        else if (a == "--recall-frac") o->mix.frac = to_float(a, val());
+        else if (a == "--passkey-share") o->mix.passkey_share = to_float(a, val());
+        else if (a == "--mqar-min") o->mix.mqar_min = to_int(a, val());
+        else if (a == "--mqar-max") o->mix.mqar_max = to_int(a, val());
+        else if (a == "--mqar-gap") o->mix.mqar_gap_max = to_int(a, val());
+        else if (a == "--steps") o->steps = to_int(a, val());
+        else if (a == "--batch") o->batch = to_int(a, val());
+        else if (a == "--seq-len") o->seq_len = to_int(a, val());
+        else if (a == "--lr") o->lr = to_float(a, val());
+        else if (a == "--min-lr-frac") o->min_lr_frac = to_float(a, val());
+        else if (a == "--warmup") o->warmup = to_int(a, val());
+        else if (a == "--weight-decay") o->adamw.weight_decay = to_float(a, val());
+        else if (a == "--grad-clip") o->grad_clip = to_float(a, val());
+        else if (a == "--seed") o->seed = (uint64_t)to_int(a, val());
+        else if (a == "--eval-every") o->eval_every = to_int(a, val());
+        else if (a == "--eval-rows") o->eval_rows = to_int(a, val());
+        else if (a == "--save-every") o->save_every = to_int(a, val());
+        else if (a == "--expand") o->expand_mode = val();
+        else if (a == "--expand-every") o->expand_every = to_int(a, val());
+        else if (a == "--expand-factor") o->expand_factor = to_int(a, val());
+        else if (a == "--train-only-expanded") o->train_only_expanded = true;
+        else if (a == "--expanded-lr-scale") o->expanded_lr_scale = to_float(a, val());
+        else {
+            run_flag = false;  // the rest belong to this invocation only
+            if (a == "--resume") o->resume = val();
+            else if (a == "--out") o->out = val();
+            else if (a == "--device") o->device = val();
+            else if (a == "--stop-at") o->stop_at = to_int(a, val());
+            else if (a == "--quiet") o->quiet = true;
+            else if (a == "--debug-state") o->debug_state = val();
+            else if (a == "--dump-state") o->dump_state = val();
+            else if (a == "--bench") o->bench = true;
+            else die("unknown flag '%s' (see ./train --help)", a.c_str());
+        }
+        if (run_flag) for (size_t j = first; j <= i; j++) o->run_flags.push_back(args[j]);
+    }
+}
+
+// Checks the numbers a run needs, so a bad flag fails before any work.
+static void check_options(const Options *o) {
+    if (o->device != "cpu" && o->device != "cuda") die("--device: '%s' is not cpu or cuda", o->device.c_str());
+    if (o->batch < 1 || o->batch > 4096) die("--batch %d must be between 1 and 4096", o->batch);
+    if (o->seq_len < 1 || o->seq_len > (1 << 20)) die("--seq-len %d must be between 1 and 1048576", o->seq_len);
+    if (o->lr <= 0) die("--lr must be positive");
+    if (o->min_lr_frac < 0 || o->min_lr_frac > 1) die("--min-lr-frac must be between 0 and 1");
+    if (o->warmup < 0) die("--warmup must be >= 0");
+    if (o->grad_clip < 0) die("--grad-clip must be >= 0 (0 = no clipping)");
+    if (o->eval_rows < 1) die("--eval-rows must be >= 1");
+    if (o->mix.frac < 0 || o->mix.frac > 1 || o->mix.passkey_share < 0 || o->mix.passkey_share > 1)
+        die("--recall-frac and --passkey-share must be between 0 and 1");
+    if (o->mix.mqar_min < 1 || o->mix.mqar_max > 64 || o->mix.mqar_min > o->mix.mqar_max)
+        die("MQAR pairs must satisfy 1 <= --mqar-min <= --mqar-max <= 64");
+    if (o->mix.mqar_gap_max < 0) die("--mqar-gap must be >= 0");
+    if (o->expanded_lr_scale < 0) die("--expanded-lr-scale must be >= 0");
+}
+
+// ----------------------------------------------------------------------------
+// the model API of the chosen device
+
+static bool on_gpu(const Model *m) { return m->device == DEVICE_CUDA; }
+static void open_model(Model *m, const Config *c, float *params, const std::string &device) {
+    if (device == "cuda") {
+        std::string why;
+        if (!gpu::available(&why)) die("--device cuda: %s", why.c_str());
+        gpu::model_init(m, c, params);
+        free(params);
+    } else {
+        cpu::model_init(m, c, params);
+    }
+}
+static void alloc_acts(Model *m, int B, int T) { on_gpu(m) ? gpu::model_alloc_acts(m, B, T) : cpu::model_alloc_acts(m, B, T); }
+static void forward(Model *m, const int *in, const int *tg, int B, int T) { on_gpu(m) ? gpu::model_forward(m, in, tg, B, T) : cpu::model_forward(m, in, tg, B, T); }
+static void zero_grad(Model *m) { on_gpu(m) ? gpu::model_zero_grad(m) : cpu::model_zero_grad(m); }
+static void backward(Model *m) { on_gpu(m) ? gpu::model_backward(m) : cpu::model_backward(m); }
+static float grad_norm(Model *m) { return on_gpu(m) ? gpu::model_grad_norm(m) : cpu::model_grad_norm(m); }
+static void update(Model *m, float lr, float scale, int step, const AdamWConfig *o) {
+    on_gpu(m) ? gpu::model_update(m, lr, scale, step, o) : cpu::model_update(m, lr, scale, step, o);
+}
+static void close_model(Model *m) { on_gpu(m) ? gpu::model_free(m) : cpu::model_free(m); }
+// host copies (on the CPU they are the model's own buffers)
+static const float *host_params(Model *m, std::vector<float> *buf) {
+    if (!on_gpu(m)) return m->params;
+    buf->resize(m->num_params);
+    gpu::params_to_host(m, buf->data());
+    return buf->data();
+}
+
+// ----------------------------------------------------------------------------
+// reading models
+
+static void load_model_or_die(const std::string &path, Config *c, float **params) {
+    std::string e = read_model_file(path, c, params);
+    if (!e.empty()) die("%s", e.c_str());
+}
+
+static double peak_rss_mb() {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+// ----------------------------------------------------------------------------
+// --debug-state: one forward and backward on the inputs of a debug-state file
+
+static int run_debug_state(const Options *o) {
+    if (o->init.empty() || o->dump_state.empty()) die("--debug-state needs --init MODEL and --dump-state OUT");
+    Config c;
+    float *params;
+    load_model_or_die(o->init, &c, &params);
+    DebugState s;
+    std::string e = read_debug_state(o->debug_state, &s);
+    if (!e.empty()) die("%s", e.c_str());
+    if (s.vocab_size != c.vocab_size) die("%s: vocab %d, but the model's is %d", o->debug_state.c_str(), s.vocab_size, c.vocab_size);
+    Model m;
+    open_model(&m, &c, params, o->device);
+    alloc_acts(&m, s.B, s.T);
+    forward(&m, s.inputs.data(), s.targets.data(), s.B, s.T);
+    zero_grad(&m);
+    backward(&m);
+    s.num_params = m.num_params;
+    s.loss = m.loss;
+    s.logits.resize((size_t)s.B * s.T * c.vocab_size);
+    s.grads.resize(m.num_params);
+    if (on_gpu(&m)) {
+        gpu::logits_to_host(&m, s.logits.data());
+        gpu::grads_to_host(&m, s.grads.data());
+    } else {
+        memcpy(s.logits.data(), m.acts.logits, s.logits.size() * sizeof(float));
+        memcpy(s.grads.data(), m.grads, s.grads.size() * sizeof(float));
+    }
+    e = write_debug_state(o->dump_state, &s);
+    if (!e.empty()) die("%s", e.c_str());
+    printf("%s: B %d, T %d, loss %.6f on %s -> %s\n", o->init.c_str(), s.B, s.T, s.loss, o->device.c_str(), o->dump_state.c_str());
+    close_model(&m);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// --bench: training throughput at B 8, T 512
+
+static int run_bench(const Options *o) {
+    std::vector<std::string> names;
+    if (!o->preset.empty()) names.push_back(o->preset);
+    else names = {"gla-small", "mamba2-small"};
+    int B = 8, T = 512, steps = 5;
+    bool cuda = o->device == "cuda";
+    if (!cuda) {
+        double g = cpu::gemm_gflops(B * T, 768, 256);
+        printf("Eigen float32 GEMM (%d x 768 x 256) on %d threads: %.1f GFLOP/s\n", B * T, omp_get_max_threads(), g);
+        for (const std::string &name : names) {
+            Config c;
+            preset_config(name, &c);
+            Model m;
+            cpu::model_init(&m, &c, nullptr);
+            cpu::model_random_init(&m, 1);
+            cpu::model_alloc_acts(&m, B, T);
+            std::vector<int> in((size_t)B * T), tg((size_t)B * T);
+            Rng rng = {7};
+            for (size_t i = 0; i < in.size(); i++) { in[i] = rng_int(&rng, 128); tg[i] = rng_int(&rng, 128); }
+            AdamWConfig opt;
+            double t_total = 0;
+            for (int s = 0; s <= steps; s++) {  // step 0 warms up
+                double t0 = now_seconds();
+                cpu::model_forward(&m, in.data(), tg.data(), B, T);
+                cpu::model_zero_grad(&m);
+                cpu::model_backward(&m);
+                cpu::model_update(&m, 1e-4f, 1.0f, s + 1, &opt);
+                if (s > 0) t_total += now_seconds() - t0;
+            }
+            double tps = (double)B * T * steps / t_total, flops = 3 * forward_flops_per_token(&c, false);
+            printf("%-13s train B %d T %d: %7.0f tokens/s  %5.1f MFLOP/token  %6.1f GFLOP/s (%.0f%% of GEMM)  peak RSS %.0f MB  params %.2fM\n",
+                   name.c_str(), B, T, tps, flops / 1e6, tps * flops / 1e9, 100 * tps * flops / 1e9 / g, peak_rss_mb(), m.num_params / 1e6);
+            cpu::model_free(&m);
+        }
+        printf("model FLOPs/token = 3 x forward; forward = 2 x matmul weights + token mixing (model.h forward_flops_per_token)\n");
+        printf("peak RSS is the process's high-water mark: run one preset per process (make bench does) to read each alone\n");
+        return 0;
+    }
+    std::string why;
+    if (!gpu::available(&why)) die("--device cuda: %s", why.c_str());
+    for (const std::string &name : names) {
+        Config c;
+        preset_config(name, &c);
+        bool big = c.d_model >= 2048;
+        int b = big ? 1 : B, t = big ? 2048 : T, n = big ? 1 : 20;
+        Model hm;
+        cpu::model_init(&hm, &c, nullptr);
+        cpu::model_random_init(&hm, 1);
+        Model m;
+        gpu::model_init(&m, &c, hm.params);
+        cpu::model_free(&hm);
+        gpu::model_alloc_acts(&m, b, t);
+        std::vector<int> in((size_t)b * t), tg((size_t)b * t);
+        Rng rng = {7};
+        for (size_t i = 0; i < in.size(); i++) { in[i] = rng_int(&rng, 128); tg[i] = rng_int(&rng, 128); }
+        AdamWConfig opt;
+        double t_total = 0;
+        for (int s = 0; s <= n; s++) {
+            double t0 = now_seconds();
+            gpu::model_forward(&m, in.data(), tg.data(), b, t);
+            gpu::model_zero_grad(&m);
+            gpu::model_backward(&m);
+            gpu::model_update(&m, 1e-4f, 1.0f, s + 1, &opt);
+            (void)gpu::model_grad_norm(&m);  // synchronises
+            if (s > 0) t_total += now_seconds() - t0;
+        }
+        double tps = (double)b * t * n / t_total, flops = 3 * forward_flops_per_token(&c, false);
+        printf("%-13s GPU train B %d T %d: %9.0f tokens/s  %7.1f MFLOP/token  %8.1f GFLOP/s  peak GPU memory %.2f GB  params %.3fB\n",
+               name.c_str(), b, t, tps, flops / 1e6, tps * flops / 1e9, gpu::memory_peak_bytes() / 1e9, m.num_params / 1e9);
+        gpu::model_free(&m);
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints: the model file, plus PATH.opt for resuming
+
+#define OPT_MAGIC 20250928
+
+struct History { std::vector<float> step, train_loss, val_bpb; };
+
+// FNV-1a over the parameters: ties an optimizer file to its model file, so a
+// pair from two different moments is refused.
+static uint64_t params_hash(const float *p, size_t n) {
+    const uint8_t *b = (const uint8_t *)p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n * 4; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+// PATH.opt: int32 magic, version 1, step, n_flags; uint64 num_params, params
+// hash; the run's flags ('\n'-separated, length-prefixed); float32 m, v; int32
+// n_history then (step, train loss, val bits/byte) float32 triples.
+static std::string write_checkpoint(const std::string &path, Model *m, int step, const Options *o, const History *h) {
+    std::vector<float> pbuf, mbuf, vbuf;
+    const float *params = host_params(m, &pbuf);
+    const float *am = m->adam_m, *av = m->adam_v;
+    if (on_gpu(m)) {
+        mbuf.resize(m->num_params); vbuf.resize(m->num_params);
+        gpu::adam_to_host(m, mbuf.data(), vbuf.data());
+        am = mbuf.data(); av = vbuf.data();
+    } else if (!am) {
+        mbuf.assign(m->num_params, 0.0f);
+        am = av = mbuf.data();
+    }
+    std::string flags;
+    for (const std::string &f : o->run_flags) flags += f + "\n";
+    int32_t head[4] = {OPT_MAGIC, 1, step, (int32_t)flags.size()};
+    uint64_t head2[2] = {m->num_params, params_hash(params, m->num_params)};
+    int32_t nh = (int32_t)h->step.size();
+    std::vector<float> hist;
+    for (int i = 0; i < nh; i++) { hist.push_back(h->step[i]); hist.push_back(h->train_loss[i]); hist.push_back(h->val_bpb[i]); }
+    std::string e = write_file_atomic(path + ".opt", {{head, sizeof head}, {head2, sizeof head2}, {flags.data(), flags.size()},
+                                                     {am, 4 * m->num_params}, {av, 4 * m->num_params}, {&nh, 4},
+                                                     {hist.data(), 4 * hist.size()}});
+    if (!e.empty()) return e;
+    return write_model_file(path, &m->config, params);
+}
+
+struct OptState {
+    int step;
+    std::vector<std::string> flags;
+    std::vector<float> m, v;
+    History history;
+};
+
+static std::string read_opt_file(const std::string &path, const float *params, size_t num_params, OptState *s) {
+    std::vector<char> b;
+    std::string e = read_file(path, &b);
+    if (!e.empty()) return e;
+    size_t at = 0;
+    auto take = [&](void *dst, size_t n) { if (at + n > b.size()) return false; memcpy(dst, b.data() + at, n); at += n; return true; };
+    int32_t head[4];
+    uint64_t head2[2];
+    if (!take(head, sizeof head) || !take(head2, sizeof head2)) return path + ": truncated header";
+    if (head[0] != OPT_MAGIC || head[1] != 1) return path + ": not a statex optimizer-state file (bad magic or version)";
+    if (head2[0] != num_params) return strf("%s: holds %llu parameters, the model file %zu", path.c_str(), (unsigned long long)head2[0], num_params);
+    if (head2[1] != params_hash(params, num_params)) return path + ": does not belong to this model file (parameter hash differs)";
+    if (head[3] < 0 || (size_t)head[3] > b.size()) return path + ": truncated";
+    std::string flags(head[3], '\0');
+    if (!take(&flags[0], head[3])) return path + ": truncated";
+    s->step = head[2];
+    s->flags.clear();
+    for (size_t p = 0, q; p < flags.size(); p = q + 1) { q = flags.find('\n', p); if (q == std::string::npos) q = flags.size(); s->flags.push_back(flags.substr(p, q - p)); }
+    if (!s->flags.empty() && s->flags.back().empty()) s->flags.pop_back();
+    s->m.resize(num_params); s->v.resize(num_params);
+    int32_t nh;
+    if (!take(s->m.data(), 4 * num_params) || !take(s->v.data(), 4 * num_params) || !take(&nh, 4) || nh < 0) return path + ": truncated";
+    std::vector<float> hist((size_t)nh * 3);
+    if (!take(hist.data(), 4 * hist.size()) || at != b.size()) return path + ": wrong length";
+    for (int i = 0; i < nh; i++) {
+        s->history.step.push_back(hist[3 * i]);
+        s->history.train_loss.push_back(hist[3 * i + 1]);
+        s->history.val_bpb.push_back(hist[3 * i + 2]);
+    }
+    return "";
+}
+
+static void write_curve(const std::string &path, const History *h) {
+    Series tr{"train", {}, {}, 0x1F77B4}, va{"val", {}, {}, 0xD62728};
+    for (size_t i = 0; i < h->step.size(); i++) {
+        tr.x.push_back(h->step[i]); tr.y.push_back(h->train_loss[i] / logf(2.0f));
+        if (std::isfinite(h->val_bpb[i])) { va.x.push_back(h->step[i]); va.y.push_back(h->val_bpb[i]); }
+    }
+    std::string e = write_line_chart(path + ".png", "LOSS", "STEP", "BITS/BYTE", {tr, va});
+    if (!e.empty()) fprintf(stderr, "warning: %s\n", e.c_str());
+    std::string csv = "step,train_loss_nats,val_bits_per_byte\n";
+    for (size_t i = 0; i < h->step.size(); i++) csv += strf("%.0f,%.6f,%.6f\n", h->step[i], h->train_loss[i], h->val_bpb[i]);
+    e = write_file_atomic(path + ".csv", {{csv.data(), csv.size()}});
+    if (!e.empty()) fprintf(stderr, "warning: %s\n", e.c_str());
+}
+
+// ----------------------------------------------------------------------------
+// the state-size table StateX prints before and after expanding
+
+static void print_state_table(const char *title, const Config *c) {
+    printf("%s: %s, %zu parameters\n", title, family_name(c->family), num_params_of(c));
+    printf("  layer  %s  state floats   state bytes\n", c->family == FAMILY_GLA ? "heads" : "    N");
+    size_t total = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t s = layer_state_floats(c, l);
+        total += s;
+        printf("  %5d  %5d  %12zu  %12zu\n", l, c->family == FAMILY_GLA ? c->n_head[l] : c->d_state[l], s, 4 * s);
+    }
+    printf("  total         %12zu  %12zu\n", total, 4 * total);
+}
+
+// ----------------------------------------------------------------------------
+// training
+
+static float learning_rate(const Options *o, int step) {
+    if (step <= o->warmup) return o->lr * step / std::max(1, o->warmup);
+    double p = (double)(step - o->warmup) / std::max(1, o->steps - o->warmup);
+    double lo = o->lr * o->min_lr_frac;
+    return (float)(lo + 0.5 * (o->lr - lo) * (1.0 + cos(M_PI * std::min(1.0, p))));
+}
+
+// Mean loss over fixed validation rows, in bits per byte.
+static float validation_bpb(Model *m, const std::vector<int> &in, const std::vector<int> &tg, int rows, int B, int T) {
+    double sum = 0;
+    int n = 0;
+    for (int r = 0; r < rows; r += B) {
+        int b = std::min(B, rows - r);
+        forward(m, in.data() + (size_t)r * T, tg.data() + (size_t)r * T, b, T);
+        sum += (double)m->loss * m->n_targets;
+        n += m->n_targets;
+    }
+    return (float)(sum / std::max(1, n) / log(2.0));
+}
+
+static std::string eta(double s) {
+    if (s < 60) return strf("%.0fs", s);
+    if (s < 3600) return strf("%dm%02ds", (int)s / 60, (int)s % 60);
+    return strf("%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+static void make_parent_dir(const std::string &path) {
+    size_t slash = path.rfind('/');
+    if (slash == std::string::npos || slash == 0) return;
+    std::string dir = path.substr(0, slash);
+    for (size_t p = 1; p <= dir.size(); p++)
+        if (p == dir.size() || dir[p] == '/') mkdir(dir.substr(0, p).c_str(), 0755);
+}
+
+static int run_training(Options *o) {
+    // 1. the starting model: a checkpoint to resume, a model file, or a new one
+    Config c;
+    float *params = nullptr;
+    OptState resume;
+    int start_step = 0;
+    History history;
+    if (!o->resume.empty()) {
+        load_model_or_die(o->resume, &c, &params);
+        std::string e = read_opt_file(o->resume + ".opt", params, num_params_of(&c), &resume);
+        if (!e.empty()) die("%s", e.c_str());
+        start_step = resume.step;
+        history = resume.history;
+        printf("resuming %s at step %d\n", o->resume.c_str(), start_step);
+    } else if (!o->init.empty()) {
+        load_model_or_die(o->init, &c, &params);
+    } else {
+        c = o->config;
+        std::string e = config_problem(&c);
+        if (!e.empty()) die("model config: %s", e.c_str());
+    }
+    // 2. StateX expansion of a given model (not when resuming: the checkpoint is already expanded)
+    if (!o->expand_mode.empty() && o->resume.empty()) {
+        if (o->init.empty()) die("--expand needs --init MODEL (the trained model to expand)");
+        if (o->expand_every == 0) die("--expand needs --expand-every K");
+        Config ce;
+        float *pe;
+        print_state_table("before", &c);
+        std::string e = cpu::expand_model(&c, params, o->expand_mode, o->expand_every, o->expand_factor, o->seed, &ce, &pe);
+        if (e.size()) die("%s", e.c_str());
+        free(params);
+        c = ce;
+        params = pe;
+        print_state_table("after", &c);
+        if (o->steps <= 0) {
+            make_parent_dir(o->out);
+            e = write_model_file(o->out, &c, params);
+            if (!e.empty()) die("%s", e.c_str());
+            printf("wrote %s\n", o->out.c_str());
+            free(params);
+            return 0;
+        }
+    }
+    if (o->steps <= 0) die("--steps must be positive");
+    if (start_step >= o->steps) die("the checkpoint is at step %d, not before --steps %d: nothing to do", start_step, o->steps);
+    Corpus train, val;
+    std::string e = load_corpus(o->data, (size_t)o->seq_len + 1, &train);
+    if (!e.empty()) die("--data: %s", e.c_str());
+    e = load_corpus(o->val, (size_t)o->seq_len + 1, &val);
+    if (!e.empty()) die("--val: %s", e.c_str());
+
+    Model m;
+    bool fresh = o->resume.empty() && o->init.empty();
+    if (fresh) {  // initialise on the host, then move to the device
+        Model h;
+        cpu::model_init(&h, &c, nullptr);
+        cpu::model_random_init(&h, o->seed);
+        params = h.params;
+        h.params = nullptr;
+        cpu::model_free(&h);
+    }
+    open_model(&m, &c, params, o->device);
+    // learning-rate factors: frozen tensors and the expanded layers' own rate
+    if (o->expand_every > 0) {
+        for (size_t t = 0; t < m.tensors.size(); t++) {
+            const ParamTensor &pt = m.tensors[t];
+            bool expanded = pt.is_mixer && pt.layer >= 0 && pt.layer % o->expand_every == 0;
+            m.lr_scale[t] = expanded ? o->expanded_lr_scale : (o->train_only_expanded ? 0.0f : 1.0f);
+        }
+    } else if (o->train_only_expanded) die("--train-only-expanded needs --expand-every K (which layers)");
+    if (!resume.m.empty()) {
+        if (on_gpu(&m)) gpu::adam_from_host(&m, resume.m.data(), resume.v.data());
+        else {
+            m.adam_m = xcalloc_floats(m.num_params);
+            m.adam_v = xcalloc_floats(m.num_params);
+            memcpy(m.adam_m, resume.m.data(), 4 * m.num_params);
+            memcpy(m.adam_v, resume.v.data(), 4 * m.num_params);
+        }
+    }
+    int B = o->batch, T = o->seq_len;
+    alloc_acts(&m, B, T);
+    std::vector<int> in((size_t)B * T), tg((size_t)B * T), vin, vtg;
+    int vrows = validation_rows(&val, T, o->eval_rows, &vin, &vtg);
+    size_t trainable = 0;
+    for (size_t t = 0; t < m.tensors.size(); t++) if (m.lr_scale[t] > 0) trainable += m.tensors[t].size();
+    printf("%s model, %zu parameters (%zu trained), %d layers, state %zu floats; %s, %d threads\n", family_name(c.family),
+           m.num_params, trainable, c.n_layer, [&] { size_t s = 0; for (int l = 0; l < c.n_layer; l++) s += layer_state_floats(&c, l); return s; }(),
+           o->device.c_str(), m.n_threads);
+    printf("data %s (%zu bytes), val %s (%d rows); %d steps of %d x %d tokens; recall rows %.0f%%\n", train.path.c_str(),
+           train.bytes.size(), val.path.c_str(), vrows, o->steps, B, T, 100 * o->mix.frac);
+    make_parent_dir(o->out);
+
+    int last_saved = start_step;
+    double t_start = now_seconds();
+    for (int step = start_step + 1; step <= o->steps; step++) {
+        double t0 = now_seconds();
+        sample_batch(&train, &o->mix, o->seed, step, B, T, in.data(), tg.data());
+        forward(&m, in.data(), tg.data(), B, T);
+        float loss = m.loss;
+        if (!std::isfinite(loss))
+            die("the loss is %s at step %d: training stopped; the last good checkpoint is %s (step %d)",
+                std::isnan(loss) ? "NaN" : "infinite", step, o->out.c_str(), last_saved);
+        zero_grad(&m);
+        backward(&m);
+        float norm = grad_norm(&m);
+        if (!std::isfinite(norm))
+            die("the gradient norm is not finite at step %d: training stopped; the last good checkpoint is %s (step %d)",
+                step, o->out.c_str(), last_saved);
+        float scale = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
+        float lr = learning_rate(o, step);
+        update(&m, lr, scale, step, &o->adamw);
+        double dt = now_seconds() - t0, elapsed = now_seconds() - t_start;
+        float vb = NAN;
+        if ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps) vb = validation_bpb(&m, vin, vtg, vrows, B, T);
+        history.step.push_back((float)step);
+        history.train_loss.push_back(loss);
+        history.val_bpb.push_back(vb);
+        if (!o->quiet || step == o->steps || std::isfinite(vb))
+            printf("step %5d/%d | loss %.4f (%.3f bits/byte) | lr %.2e | norm %6.3f | %6.0f tok/s | eta %s%s\n", step, o->steps,
+                   loss, loss / log(2.0), lr, norm, B * T / dt, eta(elapsed / (step - start_step) * (o->steps - step)).c_str(),
+                   std::isfinite(vb) ? strf(" | val %.4f bits/byte", vb).c_str() : "");
+        fflush(stdout);
+        bool stop = o->stop_at > 0 && step == o->stop_at;
+        if ((o->save_every > 0 && step % o->save_every == 0) || step == o->steps || stop) {
+            e = write_checkpoint(o->out, &m, step, o, &history);
+            if (!e.empty()) die("saving the checkpoint failed: %s; the last good checkpoint is %s (step %d)", e.c_str(), o->out.c_str(), last_saved);
+            write_curve(o->out, &history);
+            last_saved = step;
+        }
+        if (stop) {
+            printf("stopped after step %d as asked (--stop-at); continue with --resume %s\n", step, o->out.c_str());
+            break;
+        }
+    }
+    printf("done in %s; model %s, loss curve %s.png, peak RSS %.0f MB\n", eta(now_seconds() - t_start).c_str(), o->out.c_str(),
+           o->out.c_str(), peak_rss_mb());
+    close_model(&m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    Options o;
+    preset_config("tiny-gla", &o.config);  // the default model
+    std::vector<std::string> args(argv + 1, argv + argc);
+    parse_args(args, &o);
+    if (!o.resume.empty()) {
+        // the stored flags of the run first, then this command line's on top
+        Config c;
+        float *p;
+        load_model_or_die(o.resume, &c, &p);
+        OptState s;
+        std::string e = read_opt_file(o.resume + ".opt", p, num_params_of(&c), &s);
+        free(p);
+        if (!e.empty()) die("%s", e.c_str());
+        Options r;
+        preset_config("tiny-gla", &r.config);
+        std::vector<std::string> all = s.flags;
+        all.insert(all.end(), args.begin(), args.end());
+        parse_args(all, &r);
+        bool out_given = false;
+        for (const std::string &a : args) out_given |= a == "--out";
+        if (!out_given) r.out = r.resume;
+        o = r;
+    }
+    if (o.steps < 0) o.steps = o.expand_mode.empty() ? 1200 : 0;  // --expand alone only writes the expanded model
+    check_options(&o);
+    if (!o.debug_state.empty()) return run_debug_state(&o);
+    if (o.bench) return run_bench(&o);
+    return run_training(&o);
+}
