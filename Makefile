@@ -95,13 +95,26 @@ data/train.txt: data/prepare.sh | deps
 test: $(BIN_TESTS) $(BIN_TRAIN) $(BIN_INFER) data/train.txt
 	./tests/run_tests
 
+# one preset per process, so each peak-memory figure is that preset's alone;
+# the GPU lines run when a GPU is there and say why not otherwise
 bench: $(BIN_TRAIN) $(BIN_INFER)
-	./train --bench
-	./infer --bench
+	@./train --bench --preset gla-small
+	@./train --bench --preset mamba2-small
+	@./infer --bench --preset gla-small
+	@./infer --bench --preset mamba2-small
+	@./train --bench --device cuda
+	@./infer --bench --device cuda
 
 train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
 	./train --preset tiny-gla --out out/tiny-gla.bin
 	./infer --model out/tiny-gla.bin --prompt "The " --max-tokens 400 --seed 1
+
+# the StateX recall experiment (hours on 2 CPU cores; see README.md), and its smoke test
+experiment: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+	sh data/experiment.sh out/experiment
+
+experiment-quick: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+	sh data/experiment.sh --quick out/experiment-quick
 
 clean:
 	rm -rf build $(BIN_TRAIN) $(BIN_INFER) $(BIN_TESTS)

@@ -739,8 +739,9 @@ struct Canvas {
     std::vector<uint8_t> px;  // RGB
     void set(int x, int y, uint32_t c) {
         if (x < 0 || y < 0 || x >= w || y >= h) return;
-        uint8_t *p = &px[3 * ((size_t)y * w + x)];
-        p[0] = c >> 16; p[1] = (c >> 8) & 255; p[2] = c & 255;
+        size_t i = 3 * ((size_t)y * w + x);
+        if (i + 2 >= px.size()) return;
+        px[i] = c >> 16; px[i + 1] = (c >> 8) & 255; px[i + 2] = c & 255;
     }
     void line(int x0, int y0, int x1, int y1, uint32_t c) {  // Bresenham, 2 px thick
         int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1, err = dx + dy;
@@ -782,8 +783,10 @@ inline std::string fmt_tick(double v) {
 
 // A line chart of the series (points joined in order). log_x: log2 axis.
 // "" on success, else the reason.
+// y_lo, y_hi: a fixed y range (e.g. 0..100 for accuracies); NAN = from the data.
 inline std::string write_line_chart(const std::string &path, const std::string &title, const std::string &xlabel,
-                                    const std::string &ylabel, const std::vector<Series> &series, bool log_x = false) {
+                                    const std::string &ylabel, const std::vector<Series> &series, bool log_x = false,
+                                    float y_lo = NAN, float y_hi = NAN) {
     Canvas cv{720, 440, std::vector<uint8_t>(720 * 440 * 3, 255)};
     int left = 70, right = 20, top = 36, bottom = 50, pw = cv.w - left - right, ph = cv.h - top - bottom;
     double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
@@ -799,6 +802,8 @@ inline std::string write_line_chart(const std::string &path, const std::string &
     if (y1 == y0) { y0 -= 0.5; y1 += 0.5; }
     double pad = 0.05 * (y1 - y0);
     y0 -= pad; y1 += pad;
+    if (std::isfinite(y_lo)) y0 = y_lo;
+    if (std::isfinite(y_hi)) y1 = y_hi;
     auto px = [&](double x) { return left + (int)((X(x) - x0) / (x1 - x0) * pw); };
     auto py = [&](double y) { return top + ph - (int)((y - y0) / (y1 - y0) * ph); };
     uint32_t grey = 0xDDDDDD, black = 0x000000;

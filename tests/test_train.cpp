@@ -1,0 +1,238 @@
+// Training and generation: generation equals the training forward, a resumed
+// run equals an uninterrupted one bit for bit, a small model really learns, and
+// bad input gets a clear error with nothing overwritten.
+#include "test_util.h"
+#include "../data/tasks.h"
+
+// Runs a shell command; returns its exit status and (in *out) what it printed,
+// stderr included unless the command redirects it.
+static int run(const std::string &cmd, std::string *out = nullptr) {
+    std::string full = cmd.find("2>") == std::string::npos ? cmd + " 2>&1" : cmd;
+    FILE *p = popen(full.c_str(), "r");
+    REQUIRE(p);
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    int status = pclose(p);
+    if (out) *out = text;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+static std::string tmpdir() {
+    std::string d = "/tmp/statex_train_" + std::to_string(getpid());
+    mkdir(d.c_str(), 0755);
+    return d;
+}
+static std::vector<char> file_bytes(const std::string &path) {
+    std::vector<char> b;
+    read_file(path, &b);
+    return b;
+}
+
+// Scales every weight so activations are O(1) (a fresh model's 0.02 would make
+// the comparisons trivial), keeping norms near 1 and decays in a sane range.
+static void liven(Model *m, uint64_t seed) {
+    Rng r = {seed};
+    for (const ParamTensor &t : m->tensors) {
+        float *p = m->params + t.offset;
+        bool keep = t.name.find("dt_bias") != std::string::npos || t.name.find("A_log") != std::string::npos ||
+                    t.name.find("norm") != std::string::npos || t.name.find(".D") != std::string::npos;
+        if (keep) continue;
+        float s = t.is_matrix ? 1.0f / sqrtf((float)t.cols) : 0.3f;
+        for (size_t i = 0; i < t.size(); i++) p[i] = s * rng_normal(&r);
+    }
+}
+
+// Logits of every position: one parallel (chunked) forward, versus a prefill
+// of the first `prefill` tokens (chunked, into a state) and then one token at a
+// time in the recurrent form.
+static void check_generation_equals_forward(Model *m, int T, int prefill) {
+    const Config *c = &m->config;
+    int V = c->vocab_size;
+    Rng r = {42};
+    std::vector<int> tokens(T);
+    for (int &t : tokens) t = rng_int(&r, 256);
+    cpu::model_alloc_acts(m, 1, T);
+    m->mixer_form = MIX_CHUNKED;
+    cpu::model_forward(m, tokens.data(), nullptr, 1, T);
+    std::vector<float> full(m->acts.logits, m->acts.logits + (size_t)T * V), step((size_t)T * V);
+    RecState st;
+    cpu::state_alloc(c, 1, &st);
+    if (prefill > 0) {
+        cpu::model_forward(m, tokens.data(), nullptr, 1, prefill, &st);
+        memcpy(step.data(), m->acts.logits, sizeof(float) * prefill * V);
+    }
+    m->mixer_form = MIX_RECURRENT;
+    for (int t = prefill; t < T; t++) {
+        cpu::model_forward(m, &tokens[t], nullptr, 1, 1, &st);
+        memcpy(step.data() + (size_t)t * V, m->acts.logits, sizeof(float) * V);
+    }
+    double worst = 0;
+    for (int t = 0; t < T; t++) worst = std::max(worst, rel_err(step.data() + (size_t)t * V, full.data() + (size_t)t * V, V));
+    CAPTURE(T); CAPTURE(prefill);
+    CHECK(worst < 1e-4);
+    cpu::state_free(&st);
+    m->mixer_form = MIX_CHUNKED;
+}
+
+TEST_CASE("generation equals the training forward: GLA and Mamba2, reference and expanded models") {
+    for (const char *path : {"tests/refdata/gla_small.bin", "tests/refdata/gla_small_merge_every1_out.bin",
+                             "tests/refdata/mamba2_small.bin", "tests/refdata/mamba2_small_copy_e4_every2_out.bin"}) {
+        Model m;
+        if (!load_model(path, &m)) continue;
+        CAPTURE(path);
+        check_generation_equals_forward(&m, 70, 0);   // every step recurrent
+        check_generation_equals_forward(&m, 70, 37);  // chunked prefill into the state, then steps
+        cpu::model_free(&m);
+    }
+    // a fresh model with mixed head counts, expanded by merge; a Mamba2 grown
+    for (int fam = 0; fam < 2; fam++) {
+        Config c;
+        preset_config(fam ? "exp-mamba2" : "exp-gla", &c);
+        Model m;
+        cpu::model_init(&m, &c, nullptr);
+        cpu::model_random_init(&m, 5);
+        liven(&m, 6);
+        Config ce;
+        float *pe;
+        std::string e = cpu::expand_model(&c, m.params, fam ? "grow" : "merge", 2, 4, 1, &ce, &pe);
+        REQUIRE_MESSAGE(e.empty(), e);
+        Model me;
+        cpu::model_init(&me, &ce, pe);
+        check_generation_equals_forward(&me, 90, 33);
+        cpu::model_free(&me);
+        cpu::model_free(&m);
+    }
+}
+
+TEST_CASE("learning: a tiny model's loss on a fixed text falls below 0.5 nats in 80 steps") {
+    Config c;
+    memset(&c, 0, sizeof c);
+    c.family = FAMILY_GLA; c.vocab_size = 256; c.d_model = 48; c.n_layer = 2; c.tied = 1;
+    c.key_dim = 24; c.value_dim = 48; c.gate_rank = 8; c.mlp_hidden = 96;
+    c.n_head[0] = c.n_head[1] = 2;
+    for (int fam = 0; fam < 2; fam++) {
+        if (fam) { c.family = FAMILY_MAMBA2; c.d_inner = 96; c.headdim = 16; c.d_conv = 4; c.d_state[0] = c.d_state[1] = 16; }
+        Model m;
+        cpu::model_init(&m, &c, nullptr);
+        cpu::model_random_init(&m, 11);
+        std::string text = "the quick brown fox jumps over the lazy dog. ";
+        int B = 4, T = 64;
+        cpu::model_alloc_acts(&m, B, T);
+        std::vector<int> in(B * T), tg(B * T);
+        AdamWConfig opt;
+        float first = 0, last = 0;
+        for (int step = 1; step <= 80; step++) {
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++) {
+                    in[b * T + t] = (uint8_t)text[(b * 7 + t) % text.size()];
+                    tg[b * T + t] = (uint8_t)text[(b * 7 + t + 1) % text.size()];
+                }
+            cpu::model_forward(&m, in.data(), tg.data(), B, T);
+            if (step == 1) first = m.loss;
+            last = m.loss;
+            cpu::model_zero_grad(&m);
+            cpu::model_backward(&m);
+            float norm = cpu::model_grad_norm(&m);
+            cpu::model_update(&m, 1e-2f, norm > 1 ? 1 / norm : 1, step, &opt);
+        }
+        CAPTURE(fam); CAPTURE(first); CAPTURE(last);
+        CHECK(first > 5.0f);  // ln 256 = 5.5: it starts knowing nothing
+        CHECK(last < 0.5f);
+        cpu::model_free(&m);
+    }
+}
+
+static const char *TINY_GLA = "--family gla --d-model 32 --n-layer 2 --key-dim 16 --value-dim 32 --heads 2 --gate-rank 4 --mlp-hidden 64";
+static const char *TINY_M2 = "--family mamba2 --d-model 32 --n-layer 2 --d-inner 64 --headdim 16 --d-state 8 --d-conv 4";
+
+TEST_CASE("resume: N steps equal N/2, stop, resume, N/2, bit for bit") {
+    std::string d = tmpdir();
+    for (const char *model : {TINY_GLA, TINY_M2}) {
+        std::string common = std::string("./train ") + model +
+                             " --steps 12 --batch 3 --seq-len 40 --warmup 3 --eval-every 5 --eval-rows 4 --save-every 0 --quiet"
+                             " --recall-frac 0.3 --passkey-share 0.5 --seed 9";
+        std::string out;
+        REQUIRE_MESSAGE(run(common + " --out " + d + "/full.bin", &out) == 0, out);
+        REQUIRE_MESSAGE(run(common + " --out " + d + "/half.bin --stop-at 6", &out) == 0, out);
+        CHECK(out.find("stopped after step 6") != std::string::npos);
+        REQUIRE_MESSAGE(run("./train --resume " + d + "/half.bin --quiet", &out) == 0, out);
+        CHECK(out.find("resuming") != std::string::npos);
+        std::vector<char> a = file_bytes(d + "/full.bin"), b = file_bytes(d + "/half.bin");
+        CHECK(a.size() > 1024);
+        CHECK(a == b);
+        CHECK(file_bytes(d + "/full.bin.opt") == file_bytes(d + "/half.bin.opt"));
+        CHECK(file_bytes(d + "/full.bin.png").size() > 1000);  // the loss curve
+    }
+    run("rm -rf " + d);
+}
+
+TEST_CASE("bad input: a clear error, a non-zero exit, nothing overwritten") {
+    std::string d = tmpdir(), out;
+    std::string keep = d + "/keep.bin";
+    const char sentinel[] = "do not touch";
+    REQUIRE(write_file_atomic(keep, {{sentinel, sizeof sentinel}}).empty());
+    std::string base = std::string("./train ") + TINY_GLA + " --steps 2 --batch 1 --seq-len 16 --out " + keep;
+    auto refused = [&](const std::string &cmd, const std::string &why) {
+        int rc = run(cmd, &out);
+        CAPTURE(cmd); CAPTURE(out);
+        CHECK(rc != 0);
+        CHECK(out.find("error: ") != std::string::npos);
+        CHECK(out.find(why) != std::string::npos);
+        std::vector<char> b = file_bytes(keep);
+        CHECK(std::string(b.begin(), b.end() - 1) == sentinel);
+    };
+    refused(base + " --data " + d + "/missing.txt", "missing.txt");
+    REQUIRE(write_file_atomic(d + "/empty.txt", {}).empty());
+    refused(base + " --data " + d + "/empty.txt", "is empty");
+    refused(base + " --no-such-flag 3", "unknown flag '--no-such-flag'");
+    refused(base + " --steps many", "'many' is not an integer");
+    refused(base + " --device tpu", "not cpu or cuda");
+    refused("./train --init tests/refdata/mamba2_small.bin --expand merge --expand-every 1 --out " + keep, "not one of Mamba2's");
+    refused("./train --init tests/refdata/gla_small.bin --expand copy --expand-every 1 --out " + keep, "not one of GLA's");
+    refused("./train --init " + d + "/empty.txt --steps 1 --out " + keep, "truncated");
+    refused("./infer --model tests/refdata/gla_small.bin --max-prompt 8 --prompt 'longer than eight'", "more than --max-prompt");
+    refused("./infer --model " + d + "/missing.bin", "cannot open");
+    refused("./infer --model tests/refdata/gla_small.bin --temperature -1", "--temperature");
+    run("rm -rf " + d);
+}
+
+TEST_CASE("infer: generates the requested bytes, greedy is deterministic") {
+    std::string a, b, stats;
+    std::string cmd = "./infer --model tests/refdata/gla_small.bin --prompt 'Hi' --max-tokens 20 --temperature 0";
+    REQUIRE(run(cmd + " 2>/dev/null", &a) == 0);  // the text alone (stdout)
+    REQUIRE(run(cmd + " 2>/dev/null", &b) == 0);
+    REQUIRE(run(cmd + " 2>&1 >/dev/null", &stats) == 0);  // the speed line (stderr)
+    CHECK(a == b);
+    CHECK(a.rfind("Hi", 0) == 0);
+    CHECK(stats.find("generated 20 tokens") != std::string::npos);
+}
+
+TEST_CASE("recall tasks: MQAR and passkey rows are well formed") {
+    Corpus c;
+    c.path = "x";
+    for (int i = 0; i < 5000; i++) c.bytes.push_back((uint8_t)('a' + i % 26));
+    RecallMix mix;
+    mix.frac = 1;
+    mix.mqar_min = mix.mqar_max = 8;
+    int T = 64;
+    std::vector<int> in(T), tg(T);
+    Rng r = {1};
+    sample_row(&c, &mix, &r, T, in.data(), tg.data());
+    // k1 v1 .. k8 v8, then 8 queries: targets only on the 8 answers
+    int answers = 0;
+    for (int t = 0; t < 32; t++) {
+        if (t < 16) CHECK(in[t] >= (t % 2 ? 192 : 128));
+        if (tg[t] >= 0) {
+            answers++;
+            CHECK(in[t] >= 128); CHECK(in[t] < 192);  // a key is the input
+            CHECK(tg[t] >= 192);                     // its value the target
+            for (int s = 0; s < 16; s += 2) if (in[s] == in[t]) CHECK(in[s + 1] == tg[t]);
+        }
+    }
+    CHECK(answers == 8);
+    std::string answer, p = passkey_prompt(300, 0.5, &r, &answer);
+    CHECK(p.size() == 300);
+    CHECK(p.find("The pass key is " + answer + ". Remember it.") != std::string::npos);
+    CHECK(p.substr(p.size() - 38) == "What is the pass key? The pass key is ");
+}
