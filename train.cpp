@@ -500,6 +500,8 @@ static int run_training(Options *o) {
         history = resume.history;
         printf("resuming %s at step %d\n", o->resume.c_str(), start_step);
     } else if (!o->init.empty()) {
+        if (o->config_given || !o->preset.empty())
+            die("--init takes the model's sizes from its file; drop --preset and the size flags");
         load_model_or_die(o->init, &c, &params);
     } else {
         c = o->config;

@@ -191,6 +191,7 @@ TEST_CASE("bad input: a clear error, a non-zero exit, nothing overwritten") {
     refused("./train --init tests/refdata/mamba2_small.bin --expand merge --expand-every 1 --out " + keep, "not one of Mamba2's");
     refused("./train --init tests/refdata/gla_small.bin --expand copy --expand-every 1 --out " + keep, "not one of GLA's");
     refused("./train --init " + d + "/empty.txt --steps 1 --out " + keep, "truncated");
+    refused("./train --init tests/refdata/gla_small.bin --d-model 32 --steps 1 --out " + keep, "drop --preset and the size flags");
     refused("./infer --model tests/refdata/gla_small.bin --max-prompt 8 --prompt 'longer than eight'", "more than --max-prompt");
     refused("./infer --model " + d + "/missing.bin", "cannot open");
     refused("./infer --model tests/refdata/gla_small.bin --temperature -1", "--temperature");

@@ -1,0 +1,1734 @@
+// statex.cu: the CUDA twin of statex_cpu.cpp. The same ops with the same names,
+// in the same order, with the same arguments (device pointers), then the model
+// forward and backward built from them exactly as on the CPU. Read the two
+// files side by side: the math comments here are short, the long ones are there.
+//
+// Conventions (as in statex_cpu.cpp): row-major, B*T rows (token t of sequence
+// b at row b*T + t), linear weights [out, in], every backward op ACCUMULATES
+// (+=) into the gradients it writes; the recurrent form of a token mixer is the
+// readable truth, the chunked form the fast path.
+//
+// How the work is spread over the GPU:
+//   - elementwise ops: one thread per element;
+//   - row ops (norms, cross-entropy): one warp (32 threads) per row, the row
+//     sums by warp shuffles;
+//   - sums over rows (weight and bias gradients): a block of 32 x 32 threads owns
+//     32 columns and adds each column in a fixed order (no atomics);
+//   - matmuls: cuBLAS in FP32 (TF32 tensor cores only with STATEX_TF32=1);
+//   - chunked scans: one thread block per (sequence, head), walking the chunks
+//     in order (backward: in reverse), the chunk's tiles in shared memory and
+//     only the per-chunk states (and a per-block work space) in global memory.
+// Some sums use atomicAdd (the embedding gradient, Mamba2's B and C gradients,
+// which all heads share, and the recurrent-form backward, which exists for the
+// tests), so unlike the CPU, results can differ in the last bits between runs.
+#define STATEX_CUDA  // before model.h: this file defines the gpu:: API
+#include "model.h"
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <unordered_map>
+
+namespace gpu {
+
+// ----------------------------------------------------------------------------
+// errors, memory, launch helpers
+
+static void cuda_check(cudaError_t err, const char *file, int line) {
+    if (err != cudaSuccess) die("CUDA error at %s:%d: %s", file, line, cudaGetErrorString(err));
+}
+static void cublas_check(cublasStatus_t status, const char *file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) die("cuBLAS error at %s:%d: %s", file, line, cublasGetStatusString(status));
+}
+#define cudaCheck(call) cuda_check((call), __FILE__, __LINE__)
+#define cublasCheck(call) cublas_check((call), __FILE__, __LINE__)
+// after every launch: a bad launch configuration shows up here (a fault in the
+// kernel itself shows up at the next call that waits for the GPU)
+#define launchCheck() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
+
+// Every device buffer goes through gpu_malloc, which keeps the running and the
+// peak total for memory_peak_bytes().
+static size_t mem_now = 0, mem_peak = 0;
+static std::unordered_map<void *, size_t> mem_sizes;
+
+static void *gpu_malloc(size_t bytes) {
+    void *p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 16);
+    if (err != cudaSuccess)
+        die("cudaMalloc of %zu bytes failed (%zu bytes already held): %s", bytes, mem_now, cudaGetErrorString(err));
+    mem_sizes[p] = bytes;
+    mem_now += bytes;
+    mem_peak = std::max(mem_peak, mem_now);
+    return p;
+}
+static float *gpu_floats(size_t n) {  // zeroed
+    float *p = (float *)gpu_malloc(n * sizeof(float));
+    cudaCheck(cudaMemset(p, 0, n * sizeof(float)));
+    return p;
+}
+static void gpu_free(void *p) {
+    if (!p) return;
+    auto it = mem_sizes.find(p);
+    if (it != mem_sizes.end()) { mem_now -= it->second; mem_sizes.erase(it); }
+    cudaCheck(cudaFree(p));
+}
+static void zero(float *p, size_t n) { cudaCheck(cudaMemset(p, 0, n * sizeof(float))); }
+
+#define BLOCK 256                 // threads per block of the elementwise and row kernels
+#define ROWS_PER_BLOCK (BLOCK / 32)  // one warp per row
+static unsigned blocks_for(size_t n, size_t per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+static const dim3 COLSUM_THREADS(32, 32);  // column-sum kernels: 32 columns x 32 row lanes
+
+// One cuBLAS handle for the process (the ops need it without a Model, as in llm.c).
+static cublasHandle_t cublas() {
+    static cublasHandle_t handle = nullptr;
+    if (!handle) {
+        cublasCheck(cublasCreate(&handle));
+        const char *tf32 = getenv("STATEX_TF32");
+        bool fast = tf32 && strcmp(tf32, "1") == 0;
+        cublasCheck(cublasSetMathMode(handle, fast ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    }
+    return handle;
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float silu(float x) { return x * sigmoid(x); }
+__device__ __forceinline__ float silu_grad(float x) { float s = sigmoid(x); return s * (1.0f + x * (1.0f - s)); }
+__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+// sums (max) over the 32 lanes of a warp; every lane gets the result
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// the row of a warp-per-row kernel (the whole warp returns together past the end)
+__device__ __forceinline__ int warp_row() { return blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; }
+
+// Column sums in a 32 x 32 block: thread (x, y) brings its partial sum of column
+// x (rows y, y+32, ..); returns the column's total to the threads with y == 0,
+// adding the 32 partials in a fixed order. Every thread of the block must call it.
+__device__ float column_sum(float partial) {
+    __shared__ float part[32][33];
+    part[threadIdx.y][threadIdx.x] = partial;
+    __syncthreads();
+    float s = 0;
+    if (threadIdx.y == 0)
+        for (int y = 0; y < 32; y++) s += part[y][threadIdx.x];
+    __syncthreads();  // part is free again for a second call
+    return s;
+}
+
+// ----------------------------------------------------------------------------
+// embedding: out[t] = embed[token[t]];  backward dembed[token[t]] += dout[t]
+// (atomics: two tokens may share a row)
+
+__global__ void encoder_forward_kernel(float *out, const int *tokens, const float *embed, int BT, int D) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BT * D) return;
+    out[i] = embed[(size_t)tokens[i / D] * D + i % D];
+}
+void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
+    encoder_forward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(out, tokens, embed, BT, D); launchCheck();
+}
+__global__ void encoder_backward_kernel(float *dembed, const float *dout, const int *tokens, int BT, int D) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BT * D) return;
+    atomicAdd(&dembed[(size_t)tokens[i / D] * D + i % D], dout[i]);
+}
+void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
+    encoder_backward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(dembed, dout, tokens, BT, D); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// rmsnorm: out = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
+// backward, with n = x * rstd: dx += rstd * (dout w - n mean(dout w n)),  dw += sum_rows dout n
+
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
+    int row = warp_row(), lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * D;
+    float *y = out + (size_t)row * D;
+    float ss = 0;
+    for (int j = lane; j < D; j += 32) ss += x[j] * x[j];
+    float r = 1.0f / sqrtf(warp_sum(ss) / D + RMS_EPS);
+    if (lane == 0) rstd[row] = r;
+    for (int j = lane; j < D; j += 32) y[j] = x[j] * r * w[j];
+}
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
+    rmsnorm_forward_kernel<<<blocks_for(N, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, inp, w, N, D); launchCheck();
+}
+
+__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
+    int row = warp_row(), lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * D, *dy = dout + (size_t)row * D;
+    float *dx = dinp + (size_t)row * D, r = rstd[row], dot = 0;
+    for (int j = lane; j < D; j += 32) dot += dy[j] * w[j] * x[j] * r;
+    dot = warp_sum(dot) / D;
+    for (int j = lane; j < D; j += 32) dx[j] += r * (dy[j] * w[j] - x[j] * r * dot);
+}
+__global__ void __launch_bounds__(1024)
+rmsnorm_dw_kernel(float *dw, const float *dout, const float *inp, const float *rstd, int N, int D) {
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0;
+    if (j < D)
+        for (int i = threadIdx.y; i < N; i += 32) acc += dout[(size_t)i * D + j] * inp[(size_t)i * D + j] * rstd[i];
+    float total = column_sum(acc);
+    if (threadIdx.y == 0 && j < D) dw[j] += total;
+}
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
+    rmsnorm_backward_kernel<<<blocks_for(N, ROWS_PER_BLOCK), BLOCK>>>(dinp, dout, inp, w, rstd, N, D); launchCheck();
+    rmsnorm_dw_kernel<<<blocks_for(D, 32), COLSUM_THREADS>>>(dw, dout, inp, rstd, N, D); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// matmul: out[N, OC] = inp[N, C] W[OC, C]^T (+ bias[OC])
+// backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
+// cuBLAS is column-major: a row-major [R, S] matrix is a column-major [S, R]
+// one, so out^T = W inp^T reads as gemm(op(W) = T, inp as is), and so on.
+
+__global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)N * OC) out[i] += bias[i % OC];
+}
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    const float one = 1.0f, nothing = 0.0f;
+    cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &nothing, out, OC));
+    if (bias) {
+        add_bias_kernel<<<blocks_for((size_t)N * OC, BLOCK), BLOCK>>>(out, bias, N, OC); launchCheck();
+    }
+}
+
+__global__ void __launch_bounds__(1024) column_sums_kernel(float *dst, const float *src, int N, int cols) {
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0;
+    if (j < cols)
+        for (int i = threadIdx.y; i < N; i += 32) acc += src[(size_t)i * cols + j];
+    float total = column_sum(acc);
+    if (threadIdx.y == 0 && j < cols) dst[j] += total;
+}
+void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
+    const float one = 1.0f;
+    if (dinp) cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one, dinp, C));
+    if (dw) cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dw, C));
+    if (dbias) {
+        column_sums_kernel<<<blocks_for(OC, 32), COLSUM_THREADS>>>(dbias, dout, N, OC); launchCheck();
+    }
+}
+
+// residual: out = a + b (out may be a or b)
+__global__ void residual_forward_kernel(float *out, const float *a, const float *b, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+    residual_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(out, a, b, n); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
+
+__global__ void swiglu_forward_kernel(float *h, const float *g, const float *u, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) h[i] = silu(g[i]) * u[i];
+}
+void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+    swiglu_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(h, g, u, n); launchCheck();
+}
+__global__ void swiglu_backward_kernel(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    dg[i] += dh[i] * u[i] * silu_grad(g[i]);
+    du[i] += dh[i] * silu(g[i]);
+}
+void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    swiglu_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dg, du, dh, g, u, n); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// GLA forget gate: a = logsigmoid(x) / 16 = (min(x, 0) - log(1 + e^-|x|)) / 16
+// backward: dx += da * sigmoid(-x) / 16
+
+__global__ void gla_gate_forward_kernel(float *a, const float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) a[i] = (fminf(x[i], 0.0f) - log1pf(expf(-fabsf(x[i])))) / 16.0f;
+}
+void gla_gate_forward(float *a, const float *x, size_t n) {
+    gla_gate_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(a, x, n); launchCheck();
+}
+__global__ void gla_gate_backward_kernel(float *dx, const float *da, const float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dx[i] += da[i] * sigmoid(-x[i]) / 16.0f;
+}
+void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
+    gla_gate_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dx, da, x, n); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// GLA token mixing, recurrent form (the readable truth), per sequence and head:
+//     S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T,    o_t = hk^-1/2 S_t^T q_t
+// S: [B, H, hk, hv] state to start from, updated in place; S_all: nullptr or
+// [B, H, T, hk, hv]. One thread per (sequence, head, value column j): column j
+// of S is all that thread touches, so the steps need no synchronisation.
+
+#define GLA_REC_THREADS 128
+
+__global__ void __launch_bounds__(GLA_REC_THREADS)
+gla_recurrent_forward_kernel(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+                             const float *a, int T, int H, int K, int V) {
+    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H;
+    int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= hv) return;
+    float scale = 1.0f / sqrtf((float)hk);
+    float *Sbh = S + (size_t)bh * hk * hv;
+    for (int t = 0; t < T; t++) {
+        size_t row = (size_t)b * T + t;
+        const float *qt = q + row * K + h * hk, *kt = k + row * K + h * hk, *at = a + row * K + h * hk;
+        float vj = v[row * V + h * hv + j], acc = 0;
+        for (int i = 0; i < hk; i++) {
+            float s = expf(at[i]) * Sbh[(size_t)i * hv + j] + kt[i] * vj;
+            Sbh[(size_t)i * hv + j] = s;
+            acc += qt[i] * scale * s;
+            if (S_all) S_all[(((size_t)bh * T + t) * hk + i) * hv + j] = s;
+        }
+        o[row * V + h * hv + j] = acc;
+    }
+}
+void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+                           const float *a, int B, int T, int H, int K, int V) {
+    dim3 grid(B * H, blocks_for(V / H, GLA_REC_THREADS));
+    gla_recurrent_forward_kernel<<<grid, GLA_REC_THREADS>>>(o, S, S_all, q, k, v, a, T, H, K, V); launchCheck();
+}
+
+// Backward of the recurrent form from a zero initial state, walking t down:
+//     dS += hk^-1/2 q_t do_t^T;  dq_t += hk^-1/2 S_t do_t;  dk_t += dS v_t;  dv_t += dS^T k_t
+//     da_t += exp(a_t) . rowsum(dS . S_{t-1});  dS = diag(exp(a_t)) dS
+// Same threads as the forward (column j of dS, in the block's scratch); the sums
+// over j (dq, dk, da) go through atomicAdd. For the tests: speed does not matter.
+__global__ void __launch_bounds__(GLA_REC_THREADS)
+gla_recurrent_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+                              const float *q, const float *k, const float *v, const float *a, int T, int H, int K, int V,
+                              float *scratch, size_t scratch_per_thread) {
+    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H;
+    int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= hv) return;
+    float scale = 1.0f / sqrtf((float)hk);
+    float *dS = scratch + (size_t)bh * scratch_per_thread;  // [hk, hv]
+    for (int i = 0; i < hk; i++) dS[(size_t)i * hv + j] = 0;
+    for (int t = T - 1; t >= 0; t--) {
+        size_t row = (size_t)b * T + t, kof = row * K + h * hk;
+        const float *St = S_all + ((size_t)bh * T + t) * hk * hv, *Sprev = t > 0 ? St - (size_t)hk * hv : nullptr;
+        float vj = v[row * V + h * hv + j], doj = dout[row * V + h * hv + j], dvj = 0;
+        for (int i = 0; i < hk; i++) {
+            size_t ij = (size_t)i * hv + j;
+            float ds = dS[ij] + scale * q[kof + i] * doj, decay = expf(a[kof + i]);
+            atomicAdd(&dq[kof + i], scale * St[ij] * doj);
+            atomicAdd(&dk[kof + i], ds * vj);
+            if (Sprev) atomicAdd(&da[kof + i], decay * ds * Sprev[ij]);
+            dvj += ds * k[kof + i];
+            dS[ij] = ds * decay;
+        }
+        dv[row * V + h * hv + j] += dvj;
+    }
+}
+void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+                            const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
+                            float *scratch, size_t scratch_per_thread) {
+    dim3 grid(B * H, blocks_for(V / H, GLA_REC_THREADS));
+    gla_recurrent_backward_kernel<<<grid, GLA_REC_THREADS>>>(dq, dk, dv, da, dout, S_all, q, k, v, a, T, H, K, V,
+                                                             scratch, scratch_per_thread);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// GLA token mixing, chunked form (the fast path; the math is in statex_cpu.cpp).
+// In a chunk of C = GLA_CHUNK steps with b_t the cumulative log decay:
+//     o_t   = hk^-1/2 [ (q_t . e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ],  A_ts = sum_i q_t[i] k_s[i] e^{b_t[i]-b_s[i]}
+//     S_out = diag(e^{b_last}) S_in + sum_s (k_s . e^{b_last - b_s}) v_s^T
+// Only differences b_t - b_s <= 0 are exponentiated, never e^{-b} (DESIGN's pitfall).
+// S: [B, H, nchunk+1, hk, hv], slot 0 the initial state (input).
+//
+// One block of GLA_THREADS threads per (sequence, head) walks its chunks in
+// order. Per chunk, gla_chunk_prepare computes the C x C scores A from tiles of
+// q, k and the cumulative gate (GLA_TILE key channels at a time, in shared
+// memory) and writes the chunk's per-channel decay factors to the block's work
+// space. The state pass then gives each thread a value column j: it keeps v_s[j]
+// and o_t[j] for the chunk in registers and streams S_in[:, j] -> S_out[:, j],
+// reading the factors through shared-memory tiles. The state never has to fit
+// in shared memory, so any hk x hv works.
+
+#define GLA_THREADS 256
+#define GLA_TILE 32
+
+// The block's global work space (scan_scratch_floats in model.h leaves room):
+struct GlaWork {
+    float *ge;    // [C, hk] hk^-1/2 e^{b_t}: how dq_t reads S_in do_t
+    float *qe;    // [C, hk] q_t . ge: how o_t reads S_in
+    float *ed;    // [C, hk] e^{b_last - b_s}: how dk_s reads dS v_s
+    float *kd;    // [C, hk] k_s . ed: how S_out takes in k_s
+    float *dql, *dkl;  // [C, hk] the chunk's dq, dk
+    float *dl;    // [hk] e^{b_last}
+    float *run;   // [hk] reverse running sum of the decay gradient
+    float *dS;    // [hk, hv] gradient of the state leaving the chunk
+};
+static size_t gla_work_floats(int hk, int hv) { return (size_t)6 * GLA_CHUNK * hk + 2 * (size_t)hk + (size_t)hk * hv; }
+__device__ GlaWork gla_work(float *ws, int hk) {
+    const int C = GLA_CHUNK;
+    GlaWork w;
+    w.ge = ws; ws += C * hk;
+    w.qe = ws; ws += C * hk;
+    w.ed = ws; ws += C * hk;
+    w.kd = ws; ws += C * hk;
+    w.dql = ws; ws += C * hk;
+    w.dkl = ws; ws += C * hk;
+    w.dl = ws; ws += hk;
+    w.run = ws; ws += hk;
+    w.dS = ws;
+    return w;
+}
+
+// For the chunk of `len` steps at row0 (all threads call it): the scaled scores
+// A_sh[t][s] (s <= t < len, else 0) and the factors ge, qe, ed, kd, dl in w.
+__device__ void gla_chunk_prepare(float A_sh[GLA_CHUNK][GLA_CHUNK], GlaWork w, const float *q, const float *k, const float *a,
+                                  size_t row0, int len, int K, int hk, int h, float scale) {
+    const int C = GLA_CHUNK;
+    __shared__ float q_sh[C][GLA_TILE + 1], k_sh[C][GLA_TILE + 1], cum_sh[C][GLA_TILE + 1];
+    int tid = threadIdx.x;
+    __syncthreads();  // the last chunk is done with A_sh and w
+    for (int e = tid; e < C * C; e += blockDim.x) A_sh[e / C][e % C] = 0;
+    for (int i0 = 0; i0 < hk; i0 += GLA_TILE) {
+        __syncthreads();  // the last tile is no longer read
+        if (tid < GLA_TILE) {  // one thread per key channel i of the tile
+            int i = i0 + tid;
+            float run = 0;
+            for (int t = 0; t < C; t++) {
+                bool in = i < hk && t < len;
+                size_t off = (row0 + t) * K + h * hk + i;
+                if (in) run += a[off];
+                q_sh[t][tid] = in ? q[off] : 0.0f;
+                k_sh[t][tid] = in ? k[off] : 0.0f;
+                cum_sh[t][tid] = run;
+            }
+            if (i < hk) {
+                for (int t = 0; t < C; t++) {  // run is now b_last
+                    bool in = t < len;
+                    float ge = in ? scale * expf(cum_sh[t][tid]) : 0.0f, ed = in ? expf(run - cum_sh[t][tid]) : 0.0f;
+                    w.ge[t * hk + i] = ge;
+                    w.qe[t * hk + i] = q_sh[t][tid] * ge;
+                    w.ed[t * hk + i] = ed;
+                    w.kd[t * hk + i] = k_sh[t][tid] * ed;
+                }
+                w.dl[i] = expf(run);
+            }
+        }
+        __syncthreads();
+        for (int e = tid; e < C * C; e += blockDim.x) {
+            int t = e / C, s = e % C;
+            if (s > t || t >= len) continue;
+            float dot = 0;
+            for (int ii = 0; ii < GLA_TILE; ii++) dot += q_sh[t][ii] * k_sh[s][ii] * expf(cum_sh[t][ii] - cum_sh[s][ii]);
+            A_sh[t][s] += scale * dot;
+        }
+    }
+    __syncthreads();
+}
+
+__global__ void __launch_bounds__(GLA_THREADS)
+gla_chunk_forward_kernel(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int T, int H,
+                         int K, int V, float *scratch, size_t scratch_per_thread) {
+    const int C = GLA_CHUNK, nc = (T + C - 1) / C;
+    __shared__ float A_sh[C][C];
+    __shared__ float qe_sh[C][GLA_TILE], kd_sh[C][GLA_TILE], dl_sh[GLA_TILE];
+    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x;
+    float scale = 1.0f / sqrtf((float)hk);
+    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_thread, hk);
+    float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
+    for (int c = 0; c < nc; c++) {
+        size_t row0 = (size_t)b * T + (size_t)c * C;
+        int len = imin(C, T - c * C);
+        const float *Sin = Sbh + (size_t)c * hk * hv;
+        float *Sout = Sbh + (size_t)(c + 1) * hk * hv;
+        gla_chunk_prepare(A_sh, w, q, k, a, row0, len, K, hk, h, scale);
+        for (int j0 = 0; j0 < hv; j0 += blockDim.x) {  // value columns j0.. of this pass
+            int j = j0 + tid;
+            bool active = j < hv;
+            float vs[C], ot[C];
+#pragma unroll
+            for (int s = 0; s < C; s++) vs[s] = active && s < len ? v[(row0 + s) * V + h * hv + j] : 0.0f;
+#pragma unroll
+            for (int t = 0; t < C; t++) {  // intra-chunk
+                float acc = 0;
+#pragma unroll
+                for (int s = 0; s <= t; s++) acc += A_sh[t][s] * vs[s];
+                ot[t] = acc;
+            }
+            for (int i0 = 0; i0 < hk; i0 += GLA_TILE) {  // inter-chunk, and the state update
+                __syncthreads();
+                for (int e = tid; e < C * GLA_TILE; e += blockDim.x) {
+                    int t = e / GLA_TILE, ii = e % GLA_TILE, i = i0 + ii;
+                    qe_sh[t][ii] = i < hk ? w.qe[t * hk + i] : 0.0f;
+                    kd_sh[t][ii] = i < hk ? w.kd[t * hk + i] : 0.0f;
+                }
+                if (tid < GLA_TILE) dl_sh[tid] = i0 + tid < hk ? w.dl[i0 + tid] : 0.0f;
+                __syncthreads();
+                if (!active) continue;
+                for (int ii = 0; ii < GLA_TILE && i0 + ii < hk; ii++) {
+                    size_t ij = (size_t)(i0 + ii) * hv + j;
+                    float s_in = Sin[ij], s_out = dl_sh[ii] * s_in;
+#pragma unroll
+                    for (int t = 0; t < C; t++) {
+                        ot[t] += qe_sh[t][ii] * s_in;
+                        s_out += kd_sh[t][ii] * vs[t];
+                    }
+                    Sout[ij] = s_out;
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < C; t++)
+                if (active && t < len) o[(row0 + t) * V + h * hv + j] = ot[t];
+        }
+    }
+}
+void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
+                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_thread) {
+    gla_chunk_forward_kernel<<<B * H, GLA_THREADS>>>(o, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread); launchCheck();
+}
+
+// Backward of the chunked form, chunks in reverse carrying dS (the gradient of
+// the state leaving the chunk); dA_ts = hk^-1/2 do_t . v_s for s <= t:
+//     dq_t  = sum_{s<=t} dA_ts e^{b_t-b_s} . k_s + ge_t . (S_in do_t)
+//     dk_s  = sum_{t>=s} dA_ts e^{b_t-b_s} . q_t + ed_s . (dS v_s)
+//     dv_s  = sum_{t>=s} A_ts do_t + dS^T kd_s
+//     dS_in = diag(e^{b_last}) dS + sum_t qe_t do_t^T
+//     da_t  = sum_{t'>=t} (q_t' . dq_t' - k_t' . dk_t')   (reverse running sum)
+// As on the CPU, the diagonal terms s = t (dA_tt k_t in dq_t, dA_tt q_t in dk_t)
+// cancel exactly in q . dq - k . dk, so they stay out of da and go into dq, dk only.
+// Per chunk, one block per (sequence, head):
+//   1. scores A (gla_chunk_prepare) and dA from tiles of do and v;
+//   2. one thread per key channel i: the intra-chunk dq, dk (its q, k, b in registers);
+//      one thread per (s, j): the intra-chunk dv;
+//   3. tiles of GLA_TILE x GLA_TILE of S_in and dS in shared memory: the
+//      inter-chunk dq, dk (sums over j), dv (sums over i) and the new dS;
+//   4. one thread per key channel: dq, dk out, and the decay gradient.
+__global__ void __launch_bounds__(GLA_THREADS)
+gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S, const float *q,
+                          const float *k, const float *v, const float *a, int T, int H, int K, int V, float *scratch,
+                          size_t scratch_per_thread) {
+    const int C = GLA_CHUNK, TL = GLA_TILE, nc = (T + C - 1) / C;
+    __shared__ float A_sh[C][C], dA_sh[C][C];
+    __shared__ float do_sh[C][TL + 1], v_sh[C][TL + 1];           // do_t[j], v_s[j] for a tile of j
+    __shared__ float Sin_sh[TL][TL + 1], dS_sh[TL][TL + 1];       // state tiles [i][j]
+    __shared__ float ge_sh[C][TL], qe_sh[C][TL], ed_sh[C][TL], kd_sh[C][TL], dl_sh[TL];  // factors for a tile of i
+    __shared__ float accq_sh[C][TL], acck_sh[C][TL];              // S_in do_t and dS v_s for a tile of i
+    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x, nt = blockDim.x;
+    float scale = 1.0f / sqrtf((float)hk);
+    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_thread, hk);
+    const float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
+    for (size_t e = tid; e < (size_t)hk * hv; e += nt) w.dS[e] = 0;
+    for (int i = tid; i < hk; i += nt) w.run[i] = 0;
+    for (int c = nc - 1; c >= 0; c--) {
+        size_t row0 = (size_t)b * T + (size_t)c * C;
+        int len = imin(C, T - c * C);
+        const float *Sin = Sbh + (size_t)c * hk * hv;
+        // 1. scores A and dA
+        gla_chunk_prepare(A_sh, w, q, k, a, row0, len, K, hk, h, scale);
+        for (int e = tid; e < C * C; e += nt) dA_sh[e / C][e % C] = 0;
+        for (int j0 = 0; j0 < hv; j0 += TL) {
+            __syncthreads();
+            for (int e = tid; e < C * TL; e += nt) {
+                int t = e / TL, jj = e % TL, j = j0 + jj;
+                bool in = t < len && j < hv;
+                do_sh[t][jj] = in ? dout[(row0 + t) * V + h * hv + j] : 0.0f;
+                v_sh[t][jj] = in ? v[(row0 + t) * V + h * hv + j] : 0.0f;
+            }
+            __syncthreads();
+            for (int e = tid; e < C * C; e += nt) {
+                int t = e / C, s = e % C;
+                if (s > t) continue;
+                float d = 0;
+                for (int jj = 0; jj < TL; jj++) d += do_sh[t][jj] * v_sh[s][jj];
+                dA_sh[t][s] += scale * d;
+            }
+        }
+        __syncthreads();
+        // 2. intra-chunk dq, dk for s < t (thread per key channel) and dv (thread per (s, j))
+        for (int i = tid; i < hk; i += nt) {
+            float qv[C], kv[C], cv[C], gq[C], gk[C], run = 0;
+#pragma unroll
+            for (int t = 0; t < C; t++) {
+                size_t off = (row0 + t) * K + h * hk + i;
+                bool in = t < len;
+                if (in) run += a[off];
+                qv[t] = in ? q[off] : 0.0f;
+                kv[t] = in ? k[off] : 0.0f;
+                cv[t] = run;
+                gq[t] = gk[t] = 0;
+            }
+#pragma unroll
+            for (int t = 0; t < C; t++)
+#pragma unroll
+                for (int s = 0; s < t; s++) {
+                    float g = dA_sh[t][s] * expf(cv[t] - cv[s]);  // dA is 0 past len
+                    gq[t] += g * kv[s];
+                    gk[s] += g * qv[t];
+                }
+#pragma unroll
+            for (int t = 0; t < C; t++) {
+                w.dql[t * hk + i] = gq[t];
+                w.dkl[t * hk + i] = gk[t];
+            }
+        }
+        for (int e = tid; e < len * hv; e += nt) {
+            int s = e / hv, j = e % hv;
+            float d = 0;
+            for (int t = s; t < len; t++) d += A_sh[t][s] * dout[(row0 + t) * V + h * hv + j];
+            dv[(row0 + s) * V + h * hv + j] += d;
+        }
+        // 3. the state terms, GLA_TILE x GLA_TILE tiles of S_in and dS at a time
+        for (int i0 = 0; i0 < hk; i0 += TL) {
+            __syncthreads();
+            for (int e = tid; e < C * TL; e += nt) {
+                int t = e / TL, ii = e % TL, i = i0 + ii;
+                bool in = i < hk;
+                ge_sh[t][ii] = in ? w.ge[t * hk + i] : 0.0f;
+                qe_sh[t][ii] = in ? w.qe[t * hk + i] : 0.0f;
+                ed_sh[t][ii] = in ? w.ed[t * hk + i] : 0.0f;
+                kd_sh[t][ii] = in ? w.kd[t * hk + i] : 0.0f;
+                accq_sh[t][ii] = acck_sh[t][ii] = 0;
+            }
+            if (tid < TL) dl_sh[tid] = i0 + tid < hk ? w.dl[i0 + tid] : 0.0f;
+            for (int j0 = 0; j0 < hv; j0 += TL) {
+                __syncthreads();
+                for (int e = tid; e < TL * TL; e += nt) {
+                    int ii = e / TL, jj = e % TL, i = i0 + ii, j = j0 + jj;
+                    bool in = i < hk && j < hv;
+                    Sin_sh[ii][jj] = in ? Sin[(size_t)i * hv + j] : 0.0f;
+                    dS_sh[ii][jj] = in ? w.dS[(size_t)i * hv + j] : 0.0f;
+                }
+                for (int e = tid; e < C * TL; e += nt) {
+                    int t = e / TL, jj = e % TL, j = j0 + jj;
+                    bool in = t < len && j < hv;
+                    do_sh[t][jj] = in ? dout[(row0 + t) * V + h * hv + j] : 0.0f;
+                    v_sh[t][jj] = in ? v[(row0 + t) * V + h * hv + j] : 0.0f;
+                }
+                __syncthreads();
+                for (int e = tid; e < C * TL; e += nt) {  // (S_in do_t)[i], (dS v_s)[i]: sums over the j of the tile
+                    int t = e / TL, ii = e % TL;
+                    float sq = 0, sk = 0;
+                    for (int jj = 0; jj < TL; jj++) {
+                        sq += Sin_sh[ii][jj] * do_sh[t][jj];
+                        sk += dS_sh[ii][jj] * v_sh[t][jj];
+                    }
+                    accq_sh[t][ii] += sq;
+                    acck_sh[t][ii] += sk;
+                }
+                for (int e = tid; e < C * TL; e += nt) {  // dv_s[j] += (dS^T kd_s)[j], over the i of the tile
+                    int s = e / TL, jj = e % TL, j = j0 + jj;
+                    if (s >= len || j >= hv) continue;
+                    float d = 0;
+                    for (int ii = 0; ii < TL; ii++) d += dS_sh[ii][jj] * kd_sh[s][ii];
+                    dv[(row0 + s) * V + h * hv + j] += d;
+                }
+                for (int e = tid; e < TL * TL; e += nt) {  // dS_in = diag(dl) dS + sum_t qe_t do_t^T
+                    int ii = e / TL, jj = e % TL, i = i0 + ii, j = j0 + jj;
+                    if (i >= hk || j >= hv) continue;
+                    float d = dl_sh[ii] * dS_sh[ii][jj];
+                    for (int t = 0; t < C; t++) d += qe_sh[t][ii] * do_sh[t][jj];
+                    w.dS[(size_t)i * hv + j] = d;
+                }
+            }
+            __syncthreads();
+            for (int e = tid; e < C * TL; e += nt) {
+                int t = e / TL, ii = e % TL, i = i0 + ii;
+                if (t >= len || i >= hk) continue;
+                w.dql[t * hk + i] += ge_sh[t][ii] * accq_sh[t][ii];
+                w.dkl[t * hk + i] += ed_sh[t][ii] * acck_sh[t][ii];
+            }
+        }
+        __syncthreads();
+        // 4. the decay gradient, a reverse running sum per key channel; dq, dk out
+        //    with the diagonal terms
+        for (int i = tid; i < hk; i += nt) {
+            float run = w.run[i];
+            for (int t = len - 1; t >= 0; t--) {
+                size_t off = (row0 + t) * K + h * hk + i;
+                float gq = w.dql[t * hk + i], gk = w.dkl[t * hk + i];
+                run += q[off] * gq - k[off] * gk;
+                da[off] += run;
+                dq[off] += gq + dA_sh[t][t] * k[off];
+                dk[off] += gk + dA_sh[t][t] * q[off];
+            }
+            w.run[i] = run;
+        }
+    }
+}
+void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
+                        const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
+                        float *scratch, size_t scratch_per_thread) {
+    gla_chunk_backward_kernel<<<B * H, GLA_THREADS>>>(dq, dk, dv, da, dout, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// GLA per-head output norm and gate, per head's dv slice (one warp per slice):
+//     out = rmsnorm(o) * w * silu(og)
+// backward, n = o * rstd, g = dout * w * silu(og):
+//     do += rstd * (g - n mean(g n)),  dog += dout n w silu'(og),  dw += sum dout n silu(og)
+
+__global__ void head_norm_gate_forward_kernel(float *out, float *rstd, const float *o, const float *og, const float *w, int rows, int dv) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    size_t off = (size_t)r * dv;
+    float ss = 0;
+    for (int j = lane; j < dv; j += 32) ss += o[off + j] * o[off + j];
+    float rs = 1.0f / sqrtf(warp_sum(ss) / dv + RMS_EPS);
+    if (lane == 0) rstd[r] = rs;
+    for (int j = lane; j < dv; j += 32) out[off + j] = o[off + j] * rs * w[j] * silu(og[off + j]);
+}
+void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
+    head_norm_gate_forward_kernel<<<blocks_for((size_t)BT * H, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, o, og, w, BT * H, dv); launchCheck();
+}
+
+__global__ void head_norm_gate_backward_kernel(float *do_, float *dog, const float *dout, const float *o, const float *og,
+                                               const float *w, const float *rstd, int rows, int dv) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    size_t off = (size_t)r * dv;
+    float rs = rstd[r], dot = 0;
+    for (int j = lane; j < dv; j += 32) dot += dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs;
+    dot = warp_sum(dot) / dv;
+    for (int j = lane; j < dv; j += 32) {
+        float n = o[off + j] * rs;
+        do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * dot);
+        dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
+    }
+}
+__global__ void __launch_bounds__(1024)
+head_norm_gate_dw_kernel(float *dw, const float *dout, const float *o, const float *og, const float *rstd, int rows,
+                         int dv) {
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0;
+    if (j < dv)
+        for (int r = threadIdx.y; r < rows; r += 32) {
+            size_t i = (size_t)r * dv + j;
+            acc += dout[i] * o[i] * rstd[r] * silu(og[i]);
+        }
+    float total = column_sum(acc);
+    if (threadIdx.y == 0 && j < dv) dw[j] += total;
+}
+void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
+                             const float *w, const float *rstd, int BT, int H, int dv) {
+    head_norm_gate_backward_kernel<<<blocks_for((size_t)BT * H, ROWS_PER_BLOCK), BLOCK>>>(do_, dog, dout, o, og, w, rstd, BT * H, dv);
+    launchCheck();
+    head_norm_gate_dw_kernel<<<blocks_for(dv, 32), COLSUM_THREADS>>>(dw, dout, o, og, rstd, BT * H, dv); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 causal depthwise conv1d over x, B, C, then SiLU (one thread per element):
+//     pre_t[c] = bias[c] + sum_{j<W} w[c][j] in_{t-(W-1)+j}[c],   out = silu(pre)
+// Inputs before t = 0 come from conv_state [B, W-1, Cc] or are zero when it is
+// nullptr; conv_state is then updated to the last W-1 inputs.
+
+__device__ float conv_input(const float *in, int in_stride, const float *conv_state, int b, int T, int tau, int c, int Cc, int W) {
+    if (tau >= 0) return in[((size_t)b * T + tau) * in_stride + c];
+    return conv_state ? conv_state[((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c] : 0.0f;
+}
+__global__ void conv1d_silu_forward_kernel(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
+                                           const float *conv_state, int B, int T, int Cc, int W) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * T * Cc) return;
+    int c = i % Cc, row = i / Cc, b = row / T, t = row % T;
+    float acc = bias[c];
+    for (int j = 0; j < W; j++) acc += w[c * W + j] * conv_input(in, in_stride, conv_state, b, T, t - (W - 1) + j, c, Cc, W);
+    pre[i] = acc;
+    out[i] = silu(acc);
+}
+// one thread per (sequence, channel): ascending i reads slot T+i >= i, so in place is safe
+__global__ void conv_state_update_kernel(float *conv_state, const float *in, int in_stride, int B, int T, int Cc, int W) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * Cc) return;
+    int b = i / Cc, c = i % Cc;
+    for (int s = 0; s < W - 1; s++)
+        conv_state[((size_t)b * (W - 1) + s) * Cc + c] = conv_input(in, in_stride, conv_state, b, T, T - (W - 1) + s, c, Cc, W);
+}
+void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
+                         float *conv_state, int B, int T, int Cc, int W) {
+    conv1d_silu_forward_kernel<<<blocks_for((size_t)B * T * Cc, BLOCK), BLOCK>>>(out, pre, in, in_stride, w, bias, conv_state, B, T, Cc, W);
+    launchCheck();
+    if (!conv_state || W < 2) return;
+    conv_state_update_kernel<<<blocks_for((size_t)B * Cc, BLOCK), BLOCK>>>(conv_state, in, in_stride, B, T, Cc, W); launchCheck();
+}
+
+// backward (zero initial window), g_t = dout_t * silu'(pre_t):
+//     din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]      (one thread per element)
+//     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c],  dbias[c] += sum_t g_t[c]   (column sums over
+//     the Cc*(W+1) columns (c, j), j = W standing for the bias)
+__global__ void conv1d_din_kernel(float *din, int din_stride, const float *dout, const float *pre, const float *w, int B, int T, int Cc, int W) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * T * Cc) return;
+    int c = i % Cc, row = i / Cc, b = row / T, tau = row % T;
+    float acc = 0;
+    for (int j = 0; j < W; j++) {
+        int t = tau + (W - 1) - j;
+        if (t >= T) continue;
+        size_t o = ((size_t)b * T + t) * Cc + c;
+        acc += dout[o] * silu_grad(pre[o]) * w[c * W + j];
+    }
+    din[(size_t)row * din_stride + c] += acc;
+}
+__global__ void __launch_bounds__(1024)
+conv1d_dw_kernel(float *dw, float *dbias, const float *dout, const float *pre, const float *in, int in_stride, int B, int T,
+                 int Cc, int W) {
+    int col = blockIdx.x * 32 + threadIdx.x, cols = Cc * (W + 1);
+    int c = col / (W + 1), j = col % (W + 1);
+    float acc = 0;
+    if (col < cols)
+        for (int r = threadIdx.y; r < B * T; r += 32) {
+            int t = r % T, tau = t - (W - 1) + j;
+            float g = dout[(size_t)r * Cc + c] * silu_grad(pre[(size_t)r * Cc + c]);
+            if (j == W) acc += g;
+            else if (tau >= 0) acc += g * in[((size_t)(r - t) + tau) * in_stride + c];
+        }
+    float total = column_sum(acc);
+    if (threadIdx.y != 0 || col >= cols) return;
+    if (j == W) dbias[c] += total;
+    else dw[c * W + j] += total;
+}
+void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
+                          const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
+    conv1d_din_kernel<<<blocks_for((size_t)B * T * Cc, BLOCK), BLOCK>>>(din, din_stride, dout, pre, w, B, T, Cc, W); launchCheck();
+    conv1d_dw_kernel<<<blocks_for((size_t)Cc * (W + 1), 32), COLSUM_THREADS>>>(dw, dbias, dout, pre, in, in_stride, B, T, Cc, W);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 step size: dt = softplus(raw + dt_bias);  d raw += d dt * sigmoid(raw + dt_bias),
+// d dt_bias the same summed over rows
+
+__global__ void dt_softplus_forward_kernel(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BT * nh) return;
+    int r = i / nh, h = i % nh;
+    dt[i] = softplus(raw[(size_t)r * raw_stride + h] + bias[h]);
+}
+void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
+    dt_softplus_forward_kernel<<<blocks_for((size_t)BT * nh, BLOCK), BLOCK>>>(dt, raw, raw_stride, bias, BT, nh); launchCheck();
+}
+__global__ void dt_softplus_draw_kernel(float *draw, int draw_stride, const float *ddt, const float *raw, int raw_stride,
+                                        const float *bias, int BT, int nh) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BT * nh) return;
+    int r = i / nh, h = i % nh;
+    draw[(size_t)r * draw_stride + h] += ddt[i] * sigmoid(raw[(size_t)r * raw_stride + h] + bias[h]);
+}
+__global__ void __launch_bounds__(1024)
+dt_softplus_dbias_kernel(float *dbias, const float *ddt, const float *raw, int raw_stride, const float *bias, int BT,
+                         int nh) {
+    int h = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0;
+    if (h < nh)
+        for (int r = threadIdx.y; r < BT; r += 32) acc += ddt[(size_t)r * nh + h] * sigmoid(raw[(size_t)r * raw_stride + h] + bias[h]);
+    float total = column_sum(acc);
+    if (threadIdx.y == 0 && h < nh) dbias[h] += total;
+}
+void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
+                          const float *bias, int BT, int nh) {
+    dt_softplus_draw_kernel<<<blocks_for((size_t)BT * nh, BLOCK), BLOCK>>>(draw, draw_stride, ddt, raw, raw_stride, bias, BT, nh);
+    launchCheck();
+    dt_softplus_dbias_kernel<<<blocks_for(nh, 32), COLSUM_THREADS>>>(dbias, ddt, raw, raw_stride, bias, BT, nh); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 SSD, recurrent form (the readable truth). xbc rows hold x [E], B [N],
+// C [N]; head h owns x channels h*P..; A_h = -exp(A_log[h]):
+//     h_t[p][n] = exp(dt_t A_h) h_{t-1}[p][n] + dt_t x_t[p] B_t[n]
+//     y_t[p]    = sum_n C_t[n] h_t[p][n] + D_h x_t[p]
+// hs: [B, nh, P, N] updated in place; h_all: nullptr or [B, nh, T, P, N].
+// One block per (sequence, head); warp w owns the state rows p = w, w+8, ..,
+// its lanes the state columns n (the sum over n is a warp sum).
+
+#define SSD_THREADS 256
+
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_recurrent_forward_kernel(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
+                             const float *Dskip, int T, int nh, int P, int N) {
+    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    float A = -expf(A_log[h]);
+    float *hb = hs + (size_t)bh * P * N;
+    for (int t = 0; t < T; t++) {
+        size_t row = (size_t)b * T + t;
+        const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
+        float dtt = dt[row * nh + h], decay = expf(dtt * A);
+        float *keep = h_all ? h_all + ((size_t)bh * T + t) * P * N : nullptr;
+        for (int p = warp; p < P; p += nwarps) {
+            float xp = dtt * x[p], acc = 0;
+            for (int n = lane; n < N; n += 32) {
+                size_t pn = (size_t)p * N + n;
+                float hn = decay * hb[pn] + xp * Bt[n];
+                hb[pn] = hn;
+                acc += Ct[n] * hn;
+                if (keep) keep[pn] = hn;
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) y[row * E + h * P + p] = acc + Dskip[h] * x[p];
+        }
+    }
+}
+void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
+                           const float *Dskip, int B, int T, int nh, int P, int N) {
+    ssd_recurrent_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, h_all, xbc, dt, A_log, Dskip, T, nh, P, N); launchCheck();
+}
+
+// Backward of the recurrent form from a zero initial state, walking t down:
+//     dh += dy_t C_t^T;  dC_t += h_t^T dy_t;  dx_t += D dy_t + dt_t dh B_t;  dB_t += dt_t dh^T x_t
+//     ddt_t += x_t^T dh B_t;  dlda_t += exp(dt_t A) <dh, h_{t-1}>;  dh = exp(dt_t A) dh
+// Same threads as the forward, dh in the block's scratch; the B, C gradients
+// (shared by the heads) and the per-step sums go through atomicAdd. For the tests.
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_recurrent_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all, const float *xbc,
+                              const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
+                              float *scratch, size_t scratch_per_thread) {
+    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    float A = -expf(A_log[h]);
+    float *dh = scratch + (size_t)bh * scratch_per_thread;  // [P, N]; each warp only touches its own rows
+    for (int p = warp; p < P; p += nwarps)
+        for (int n = lane; n < N; n += 32) dh[(size_t)p * N + n] = 0;
+    for (int t = T - 1; t >= 0; t--) {
+        size_t row = (size_t)b * T + t;
+        const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N, *dyt = dy + row * E + h * P;
+        const float *ht = h_all + ((size_t)bh * T + t) * P * N, *hprev = t > 0 ? ht - (size_t)P * N : nullptr;
+        float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
+        float dtt = dt[row * nh + h], decay = expf(dtt * A);
+        for (int p = warp; p < P; p += nwarps) {
+            float sb = 0, sdec = 0;
+            for (int n = lane; n < N; n += 32) {
+                size_t pn = (size_t)p * N + n;
+                float d = dh[pn] + dyt[p] * Ct[n];
+                atomicAdd(&dC[n], ht[pn] * dyt[p]);
+                atomicAdd(&dB[n], dtt * d * x[p]);
+                sb += d * Bt[n];
+                if (hprev) sdec += d * hprev[pn];
+                dh[pn] = d * decay;
+            }
+            sb = warp_sum(sb);
+            sdec = warp_sum(sdec);
+            if (lane == 0) {
+                dx[p] += Dskip[h] * dyt[p] + dtt * sb;
+                atomicAdd(&ddt[row * nh + h], x[p] * sb);
+                atomicAdd(&dlda[row * nh + h], decay * sdec);
+            }
+        }
+    }
+}
+void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
+                            const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    ssd_recurrent_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, h_all, xbc, dt, A_log, Dskip, T, nh, P, N,
+                                                           scratch, scratch_per_thread);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 SSD, chunked form (state space duality; the math is in statex_cpu.cpp).
+// In a chunk of C = SSD_CHUNK steps, c_t the cumulative log decay (one scalar
+// per head), v_s = dt_s x_s, L_ts = e^{c_t - c_s} for s <= t:
+//     y_t   = sum_{s<=t} L_ts (C_t . B_s) v_s + e^{c_t} H_in C_t + D x_t
+//     H_out = e^{c_last} H_in + sum_s e^{c_last - c_s} v_s B_s^T
+// hs: [B, nh, nchunk+1, P, N], slot 0 the initial state (input).
+//
+// One block of SSD_THREADS threads per (sequence, head), chunks in order. The
+// chunk's cumulative decay and dt sit in shared memory; the C x C score matrix
+// too, computed like every "sum over n" or "sum over p" product of a chunk by
+// tile_xyt: 64 x 64 outputs, the operands streamed through shared memory in
+// slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
+// backward) give each thread one (p, n): the reads are coalesced along n.
+
+#define MM_K 16  // reduction slice of tile_xyt
+
+// acc[k] = sum_kk X[r][kk] Y[c][kk] (kk < nk) for the 64 x 64 tile, with
+// (r, c) = ((tid + k*256) / 64, (tid + k*256) % 64). Rows r >= nr of X (c >= ncol
+// of Y) read as zero. X, Y are row-major with row strides ldx, ldy. Needs
+// blockDim.x == SSD_THREADS; every thread of the block must call it.
+__device__ __forceinline__ void tile_xyt(float acc[16], const float *X, int ldx, int nr, const float *Y, int ldy, int ncol, int nk) {
+    __shared__ float Xs[64][MM_K + 1], Ys[64][MM_K + 1];
+    int tid = threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < 16; k++) acc[k] = 0;
+    for (int k0 = 0; k0 < nk; k0 += MM_K) {
+        __syncthreads();  // the last slice (or the last call) is no longer read
+        for (int e = tid; e < 64 * MM_K; e += SSD_THREADS) {
+            int r = e / MM_K, kk = e % MM_K;
+            bool in = k0 + kk < nk;
+            Xs[r][kk] = in && r < nr ? X[(size_t)r * ldx + k0 + kk] : 0.0f;
+            Ys[r][kk] = in && r < ncol ? Y[(size_t)r * ldy + k0 + kk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int e = tid + k * SSD_THREADS, r = e / 64, c = e % 64;
+            float s = 0;
+            for (int kk = 0; kk < MM_K; kk++) s += Xs[r][kk] * Ys[c][kk];
+            acc[k] += s;
+        }
+    }
+}
+
+// The chunk's decays, in shared memory, by one thread (zero dt past len):
+// cum[t] = c_t, dt_sh[t] = dt_t, from_start[t] = e^{c_t}, to_end[t] = e^{c_last - c_t}.
+struct SsdDecay { float cum[SSD_CHUNK], dt[SSD_CHUNK], from_start[SSD_CHUNK], to_end[SSD_CHUNK]; };
+__device__ void ssd_chunk_decay(SsdDecay *d, const float *dt, size_t row0, int len, int nh, int h, float A) {
+    __syncthreads();  // the last chunk is done with them
+    if (threadIdx.x == 0) {
+        float run = 0;
+        for (int t = 0; t < SSD_CHUNK; t++) {
+            d->dt[t] = t < len ? dt[(row0 + t) * nh + h] : 0.0f;
+            run += d->dt[t] * A;
+            d->cum[t] = run;
+            d->from_start[t] = expf(run);
+        }
+        for (int t = 0; t < SSD_CHUNK; t++) d->to_end[t] = expf(d->cum[len - 1] - d->cum[t]);  // <= 1 for t < len
+    }
+    __syncthreads();
+}
+
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_chunk_forward_kernel(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                         int T, int nh, int P, int N) {
+    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
+    __shared__ SsdDecay dc;
+    __shared__ float M_sh[C][C];
+    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N, tid = threadIdx.x;
+    float A = -expf(A_log[h]), acc[16];
+    float *Hbh = hs + (size_t)bh * (nc + 1) * P * N;
+    for (int c = 0; c < nc; c++) {
+        size_t row0 = (size_t)b * T + (size_t)c * C;
+        int len = imin(C, T - c * C);
+        const float *Hin = Hbh + (size_t)c * P * N;
+        float *Hout = Hbh + (size_t)(c + 1) * P * N;
+        const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N;  // chunk rows, stride Cc
+        ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);
+        // M_ts = L_ts (C_t . B_s) dt_s for s <= t < len, else 0
+        tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
+            M_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) * dc.dt[s] : 0.0f;
+        }
+        // y_t[p] = e^{c_t} (H_in C_t)[p] + D x_t[p] + sum_s M_ts x_s[p], 64 channels p at a time
+        for (int p0 = 0; p0 < P; p0 += 64) {
+            tile_xyt(acc, Cm, Cc, len, Hin + (size_t)p0 * N, N, imin(64, P - p0), N);  // also orders M_sh's writes
+#pragma unroll
+            for (int k = 0; k < 16; k++) {
+                int e = tid + k * SSD_THREADS, t = e / 64, p = p0 + e % 64;
+                if (t >= len || p >= P) continue;
+                float yt = dc.from_start[t] * acc[k] + Dskip[h] * X[(size_t)t * Cc + p];
+                for (int s = 0; s <= t; s++) yt += M_sh[t][s] * X[(size_t)s * Cc + p];
+                y[(row0 + t) * E + h * P + p] = yt;
+            }
+        }
+        // H_out[p][n] = e^{c_last} H_in[p][n] + sum_s e^{c_last - c_s} dt_s x_s[p] B_s[n]
+        for (int e = tid; e < P * N; e += SSD_THREADS) {
+            int p = e / N, n = e % N;
+            float hn = dc.from_start[len - 1] * Hin[e];
+            for (int s = 0; s < len; s++) hn += dc.to_end[s] * dc.dt[s] * X[(size_t)s * Cc + p] * Bm[(size_t)s * Cc + n];
+            Hout[e] = hn;
+        }
+    }
+}
+void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    (void)scratch; (void)scratch_per_thread;  // the forward needs no global work space
+    ssd_chunk_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, xbc, dt, A_log, Dskip, T, nh, P, N); launchCheck();
+}
+
+// Backward of the chunked form, chunks in reverse carrying dH (the gradient of
+// the state leaving the chunk). With CB_ts = L_ts (C_t . B_s), G_ts = L_ts dt_s (dy_t . x_s):
+//     dv_s  = sum_{t>=s} CB_ts dy_t + e^{c_last-c_s} dH B_s
+//     dx_s += dt_s dv_s + D dy_s,   ddt_s += x_s . dv_s
+//     dC_t += sum_{s<=t} G_ts B_s + e^{c_t} H_in^T dy_t
+//     dB_s += sum_{t>=s} G_ts C_t + e^{c_last-c_s} dt_s dH^T x_s
+//     dH_in = e^{c_last} dH + sum_t e^{c_t} dy_t C_t^T
+//     dlda_t = sum_{t'>=t} (C_t' . dC_t' - B_t' . dB_t')   (this head's parts; reverse running sum)
+// As on the CPU, the diagonal G_tt adds G_tt (C_t . B_t) to both sides of that
+// difference; it stays out of it and goes into dB, dC only.
+// One block per (sequence, head); CB and G in shared memory; dH, dv and this
+// head's dB, dC parts in the block's global work space. dB and dC are shared by
+// all heads, so they are added with atomicAdd.
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
+                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
+                          float *scratch, size_t scratch_per_thread) {
+    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
+    __shared__ SsdDecay dc;
+    __shared__ float dcum_sh[C], CB_sh[C][C], G_sh[C][C];
+    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N, tid = threadIdx.x;
+    int warp = tid / 32, lane = tid % 32, nwarps = SSD_THREADS / 32;
+    float A = -expf(A_log[h]), acc[16], run = 0;  // run: thread 0's reverse running sum
+    const float *Hbh = hs + (size_t)bh * (nc + 1) * P * N;
+    float *dH = scratch + (size_t)bh * scratch_per_thread;  // [P, N]
+    float *dv = dH + (size_t)P * N, *dBh = dv + C * P, *dCh = dBh + C * N;  // [C, P], [C, N], [C, N]
+    for (int e = tid; e < P * N; e += SSD_THREADS) dH[e] = 0;
+    for (int c = nc - 1; c >= 0; c--) {
+        size_t row0 = (size_t)b * T + (size_t)c * C;
+        int len = imin(C, T - c * C);
+        const float *Hin = Hbh + (size_t)c * P * N;
+        const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N, *dY = dy + row0 * E + h * P;
+        ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);
+        // CB_ts and G_ts for s <= t < len, else 0
+        tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
+            CB_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) : 0.0f;
+        }
+        tile_xyt(acc, dY, E, len, X, Cc, len, P);
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
+            G_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) * dc.dt[s] : 0.0f;
+        }
+        // dv_s[p] = e^{c_last-c_s} (dH B_s)[p] + sum_t CB_ts dy_t[p], 64 channels p at a time
+        for (int p0 = 0; p0 < P; p0 += 64) {
+            tile_xyt(acc, Bm, Cc, len, dH + (size_t)p0 * N, N, imin(64, P - p0), N);  // also orders CB_sh's writes
+#pragma unroll
+            for (int k = 0; k < 16; k++) {
+                int e = tid + k * SSD_THREADS, s = e / 64, p = p0 + e % 64;
+                if (s >= len || p >= P) continue;
+                float d = dc.to_end[s] * acc[k];
+                for (int t = s; t < len; t++) d += CB_sh[t][s] * dY[(size_t)t * E + p];
+                dv[s * P + p] = d;
+            }
+        }
+        __syncthreads();  // G_sh written
+        // this head's dC_t[n] and dB_s[n], without the diagonal G_tt
+        for (int e = tid; e < len * N; e += SSD_THREADS) {
+            int t = e / N, n = e % N;
+            float sg = 0, hd = 0;
+            for (int s = 0; s < t; s++) sg += G_sh[t][s] * Bm[(size_t)s * Cc + n];
+            for (int p = 0; p < P; p++) hd += Hin[(size_t)p * N + n] * dY[(size_t)t * E + p];
+            dCh[t * N + n] = sg + dc.from_start[t] * hd;
+        }
+        for (int e = tid; e < len * N; e += SSD_THREADS) {
+            int s = e / N, n = e % N;
+            float db = 0, hx = 0;
+            for (int t = s + 1; t < len; t++) db += G_sh[t][s] * Cm[(size_t)t * Cc + n];
+            for (int p = 0; p < P; p++) hx += dH[(size_t)p * N + n] * X[(size_t)s * Cc + p];
+            dBh[s * N + n] = db + dc.to_end[s] * dc.dt[s] * hx;
+        }
+        __syncthreads();  // dH, dv, dBh, dCh are complete
+        // dH_in[p][n] = e^{c_last} dH[p][n] + sum_t e^{c_t} dy_t[p] C_t[n]
+        for (int e = tid; e < P * N; e += SSD_THREADS) {
+            int p = e / N, n = e % N;
+            float d = dc.from_start[len - 1] * dH[e];
+            for (int t = 0; t < len; t++) d += dc.from_start[t] * dY[(size_t)t * E + p] * Cm[(size_t)t * Cc + n];
+            dH[e] = d;
+        }
+        // write dx, ddt, dB, dC; one warp per step t
+        for (int t = warp; t < len; t += nwarps) {
+            size_t row = row0 + t;
+            float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
+            float sdt = 0, dcum = 0;
+            for (int p = lane; p < P; p += 32) {
+                dx[p] += dc.dt[t] * dv[t * P + p] + Dskip[h] * dY[(size_t)t * E + p];
+                sdt += X[(size_t)t * Cc + p] * dv[t * P + p];
+            }
+            for (int n = lane; n < N; n += 32) {
+                float Bn = Bm[(size_t)t * Cc + n], Cn = Cm[(size_t)t * Cc + n];
+                dcum += Cn * dCh[t * N + n] - Bn * dBh[t * N + n];
+                atomicAdd(&dB[n], dBh[t * N + n] + G_sh[t][t] * Cn);
+                atomicAdd(&dC[n], dCh[t * N + n] + G_sh[t][t] * Bn);
+            }
+            sdt = warp_sum(sdt);
+            dcum = warp_sum(dcum);
+            if (lane == 0) {
+                ddt[row * nh + h] += sdt;
+                dcum_sh[t] = dcum;
+            }
+        }
+        __syncthreads();
+        if (tid == 0)  // the decay gradient: reverse running sum over the steps
+            for (int t = len - 1; t >= 0; t--) {
+                run += dcum_sh[t];
+                dlda[(row0 + t) * nh + h] += run;
+            }
+    }
+}
+void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
+                        const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N,
+                                                       scratch, scratch_per_thread);
+    launchCheck();
+}
+
+// The rest of the SSD backward, shared by both forms (A_h = -exp(A_log[h])):
+//     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t,   dD[h] += sum_t dy_t . x_t
+// (the head's channels). A column-sum kernel over the nh columns: thread (h, y)
+// visits rows y, y+32, .. of column h, so it also does those rows' ddt.
+__global__ void __launch_bounds__(1024)
+ssd_decay_backward_kernel(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
+                          const float *dt, const float *A_log, int BT, int nh, int P, int N) {
+    int h = blockIdx.x * 32 + threadIdx.x, E = nh * P, Cc = E + 2 * N;
+    float sa = 0, sd = 0;
+    if (h < nh) {
+        float A = -expf(A_log[h]);
+        for (int r = threadIdx.y; r < BT; r += 32) {
+            size_t rh = (size_t)r * nh + h;
+            ddt[rh] += A * dlda[rh];
+            sa += dt[rh] * A * dlda[rh];
+            for (int p = 0; p < P; p++) sd += dy[(size_t)r * E + h * P + p] * xbc[(size_t)r * Cc + h * P + p];
+        }
+    }
+    sa = column_sum(sa);
+    sd = column_sum(sd);
+    if (threadIdx.y == 0 && h < nh) {
+        dA_log[h] += sa;
+        dD[h] += sd;
+    }
+}
+void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
+                        const float *dt, const float *A_log, int BT, int nh, int P, int N) {
+    ssd_decay_backward_kernel<<<blocks_for(nh, 32), COLSUM_THREADS>>>(ddt, dA_log, dD, dlda, dy, xbc, dt, A_log, BT, nh, P, N);
+    launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// Mamba2 gated rmsnorm over all E channels (one warp per row):
+//     out = rmsnorm(y * silu(z)) * w
+// backward with g = y silu(z): dg by rmsnorm's rule; dy += dg silu(z), dz += dg y silu'(z)
+
+__global__ void gated_rmsnorm_forward_kernel(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= BT) return;
+    const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
+    float *o = out + (size_t)r * E, ss = 0;
+    for (int j = lane; j < E; j += 32) {
+        float g = yr[j] * silu(zr[j]);
+        o[j] = g;
+        ss += g * g;
+    }
+    float rs = 1.0f / sqrtf(warp_sum(ss) / E + RMS_EPS);
+    if (lane == 0) rstd[r] = rs;
+    for (int j = lane; j < E; j += 32) o[j] = o[j] * rs * w[j];
+}
+void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
+    gated_rmsnorm_forward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, y, z, z_stride, w, BT, E); launchCheck();
+}
+
+__global__ void gated_rmsnorm_backward_kernel(float *dy, float *dz, int dz_stride, const float *dout, const float *y, const float *z,
+                                              int z_stride, const float *w, const float *rstd, int BT, int E) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= BT) return;
+    const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
+    float rs = rstd[r], dot = 0;
+    for (int j = lane; j < E; j += 32) dot += d[j] * w[j] * yr[j] * silu(zr[j]) * rs;
+    dot = warp_sum(dot) / E;
+    for (int j = lane; j < E; j += 32) {
+        float sz = silu(zr[j]), n = yr[j] * sz * rs, dg = rs * (d[j] * w[j] - n * dot);
+        dy[(size_t)r * E + j] += dg * sz;
+        dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
+    }
+}
+__global__ void __launch_bounds__(1024)
+gated_rmsnorm_dw_kernel(float *dw, const float *dout, const float *y, const float *z, int z_stride, const float *rstd,
+                        int BT, int E) {
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0;
+    if (j < E)
+        for (int r = threadIdx.y; r < BT; r += 32)
+            acc += dout[(size_t)r * E + j] * y[(size_t)r * E + j] * silu(z[(size_t)r * z_stride + j]) * rstd[r];
+    float total = column_sum(acc);
+    if (threadIdx.y == 0 && j < E) dw[j] += total;
+}
+void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
+                            int z_stride, const float *w, const float *rstd, int BT, int E) {
+    gated_rmsnorm_backward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(dy, dz, dz_stride, dout, y, z, z_stride, w, rstd, BT, E);
+    launchCheck();
+    gated_rmsnorm_dw_kernel<<<blocks_for(E, 32), COLSUM_THREADS>>>(dw, dout, y, z, z_stride, rstd, BT, E); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// cross-entropy over positions whose target is not -1 (one warp per row):
+//     loss = mean over those rows of (logsumexp(logits) - logits[target])
+// backward: dlogits += dloss * (softmax(logits) - onehot(target))
+// targets are on the device; n_valid is a host pointer. The mean is taken on the
+// host, in double and in row order, like the CPU.
+
+__global__ void crossentropy_forward_kernel(float *losses, const float *logits, const int *targets, int BT, int V) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= BT) return;
+    if (targets[r] < 0) {
+        if (lane == 0) losses[r] = 0;
+        return;
+    }
+    const float *l = logits + (size_t)r * V;
+    float mx = -INFINITY, s = 0;
+    for (int i = lane; i < V; i += 32) mx = fmaxf(mx, l[i]);
+    mx = warp_max(mx);
+    for (int i = lane; i < V; i += 32) s += expf(l[i] - mx);
+    s = warp_sum(s);
+    if (lane == 0) losses[r] = logf(s) + mx - l[targets[r]];
+}
+float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
+    crossentropy_forward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(losses, logits, targets, BT, V); launchCheck();
+    std::vector<float> loss(BT);
+    std::vector<int> target(BT);
+    cudaCheck(cudaMemcpy(loss.data(), losses, BT * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(target.data(), targets, BT * sizeof(int), cudaMemcpyDeviceToHost));
+    double sum = 0;
+    int count = 0;
+    for (int r = 0; r < BT; r++)
+        if (target[r] >= 0) { sum += loss[r]; count++; }
+    *n_valid = count;
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+__global__ void crossentropy_backward_kernel(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
+    int r = warp_row(), lane = threadIdx.x % 32;
+    if (r >= BT || targets[r] < 0) return;
+    const float *l = logits + (size_t)r * V;
+    float *d = dlogits + (size_t)r * V, mx = -INFINITY, s = 0;
+    for (int i = lane; i < V; i += 32) mx = fmaxf(mx, l[i]);
+    mx = warp_max(mx);
+    for (int i = lane; i < V; i += 32) s += expf(l[i] - mx);
+    s = warp_sum(s);
+    for (int i = lane; i < V; i += 32) d[i] += dloss * expf(l[i] - mx) / s - (i == targets[r] ? dloss : 0.0f);
+}
+void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
+    crossentropy_backward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(dlogits, logits, targets, BT, V, dloss); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// AdamW (decoupled weight decay), one thread per element, g = grad * grad_scale:
+//     m = b1 m + (1-b1) g,   v = b2 v + (1-b2) g^2
+//     p -= lr * ( m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p )
+
+__global__ void adamw_kernel(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
+                             float b1, float b2, float eps, float c1, float c2) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grad[i] * grad_scale;
+    m[i] = b1 * m[i] + (1.0f - b1) * g;
+    v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+    p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + eps) + wd * p[i]);
+}
+void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
+                  int step, const AdamWConfig *o) {
+    float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
+    adamw_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(p, grad, m, v, n, lr, grad_scale, wd, o->beta1, o->beta2, o->eps, c1, c2); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// the model: forward and backward built from the ops above
+
+// What a CUDA Model holds beyond the shared struct (m->gpu).
+struct GpuModel {
+    int *inputs, *targets;   // [B*T] device copies of the last forward's tokens
+    double *norm_parts;      // [n_tensors * NORM_BLOCKS] partial sums of model_grad_norm
+};
+#define NORM_BLOCKS 64
+static GpuModel *gpu_of(const Model *m) {
+    if (m->device != DEVICE_CUDA || !m->gpu) die("gpu:: called on a model that is not on the GPU");
+    return (GpuModel *)m->gpu;
+}
+
+bool available(std::string *why) {
+    std::string reason;
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    cudaDeviceProp prop;
+    if (err != cudaSuccess) reason = strf("no CUDA device: cudaGetDeviceCount: %s", cudaGetErrorString(err));
+    else if (n == 0) reason = "no CUDA device: cudaGetDeviceCount found none";
+    else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
+        reason = strf("cannot query CUDA device 0: %s", cudaGetErrorString(err));
+    else if (prop.major < 9)
+        reason = strf("CUDA device 0 (%s) has compute capability %d.%d; this build has code for 9.0 (sm_90) and newer",
+                      prop.name, prop.major, prop.minor);
+    else if ((err = cudaFree(nullptr)) != cudaSuccess)  // starts the runtime on the device
+        reason = strf("cannot start CUDA on %s: %s", prop.name, cudaGetErrorString(err));
+    cudaGetLastError();  // leave no error behind for the next check
+    if (why) *why = reason;
+    return reason.empty();
+}
+
+void model_init(Model *m, const Config *c, const float *host_params) {
+    std::string e = config_problem(c);
+    if (!e.empty()) die("bad config: %s", e.c_str());
+    std::string why;
+    if (!available(&why)) die("cannot put the model on the GPU: %s", why.c_str());
+    m->config = *c;
+    m->device = DEVICE_CUDA;
+    m->tensors = param_layout(c);
+    m->lr_scale.assign(m->tensors.size(), 1.0f);
+    m->adam_m = m->adam_v = nullptr;
+    m->num_params = m->tensors.back().offset + m->tensors.back().size();
+    m->params = gpu_floats(m->num_params);
+    m->grads = gpu_floats(m->num_params);
+    if (host_params) cudaCheck(cudaMemcpy(m->params, host_params, m->num_params * sizeof(float), cudaMemcpyHostToDevice));
+    param_layout(c, m->params, &m->w);
+    param_layout(c, m->grads, &m->g);
+    m->B = m->T = 0;
+    m->n_threads = 1;
+    m->acts_mem = nullptr;
+    m->mixer_form = MIX_CHUNKED;
+    m->keep_steps = false;
+    m->loss = 0;
+    m->n_targets = 0;
+    m->inputs = m->targets = nullptr;
+    m->cur_B = m->cur_T = 0;
+    GpuModel *g = new GpuModel;
+    g->inputs = g->targets = nullptr;
+    g->norm_parts = (double *)gpu_malloc(m->tensors.size() * NORM_BLOCKS * sizeof(double));
+    m->gpu = g;
+}
+
+// The chunked scans run one block per (sequence, head); each block gets
+// scratch_per_thread floats of acts.scratch, so "threads" here are those blocks.
+static int scan_blocks(const Config *c, int B) {
+    int most = 0;
+    for (int l = 0; l < c->n_layer; l++) most = std::max(most, c->family == FAMILY_GLA ? c->n_head[l] : m2_nheads(c));
+    return B * most;
+}
+// what the kernels above take of a block's scratch, at most, over the layers
+static size_t scan_work_floats(const Config *c) {
+    size_t most = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t need;
+        if (c->family == FAMILY_GLA) need = gla_work_floats(c->key_dim / c->n_head[l], c->value_dim / c->n_head[l]);
+        else need = (size_t)c->headdim * c->d_state[l] + (size_t)SSD_CHUNK * c->headdim + 2 * (size_t)SSD_CHUNK * c->d_state[l];
+        most = std::max(most, need);
+    }
+    return most;
+}
+
+void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
+    GpuModel *g = gpu_of(m);
+    gpu_free(m->acts_mem);
+    gpu_free(g->inputs);
+    gpu_free(g->targets);
+    m->n_threads = scan_blocks(&m->config, B);
+    size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
+    m->acts_mem = gpu_floats(n);
+    acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
+    if (m->acts.scratch_per_thread < scan_work_floats(&m->config))
+        die("internal: scan scratch of %zu floats per block is less than the %zu the kernels need",
+            m->acts.scratch_per_thread, scan_work_floats(&m->config));
+    g->inputs = (int *)gpu_malloc((size_t)B * T * sizeof(int));
+    g->targets = (int *)gpu_malloc((size_t)B * T * sizeof(int));
+    m->B = B;
+    m->T = T;
+    m->keep_steps = keep_steps;
+}
+
+void model_free(Model *m) {
+    GpuModel *g = gpu_of(m);
+    gpu_free(m->params);
+    gpu_free(m->grads);
+    gpu_free(m->acts_mem);
+    gpu_free(m->adam_m);
+    gpu_free(m->adam_v);
+    gpu_free(g->inputs);
+    gpu_free(g->targets);
+    gpu_free(g->norm_parts);
+    delete g;
+    m->gpu = nullptr;
+    m->params = m->grads = m->acts_mem = m->adam_m = m->adam_v = nullptr;
+}
+
+// Copies a (b, head) state between the per-sequence RecState [B, H, X] layout
+// and the chunk-state layout [B, H, nslot, X] at slot `slot`; flat == nullptr
+// (with to_chunked) writes zeros.
+__global__ void copy_states_kernel(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BH * X) return;
+    float *c = chunked + ((i / X) * nslot + slot) * X + i % X;
+    if (to_chunked) *c = flat ? flat[i] : 0.0f;
+    else flat[i] = *c;
+}
+static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    copy_states_kernel<<<blocks_for((size_t)BH * X, BLOCK), BLOCK>>>(chunked, nslot, slot, flat, BH, X, to_chunked); launchCheck();
+}
+
+// GLA block: x += attn(rmsnorm(x) * attn_norm); x += mlp(rmsnorm(x) * mlp_norm)
+static void gla_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dk = K / H, dv = V / H;
+    rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
+    matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
+    matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
+    matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
+    matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
+    matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
+    matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
+    gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
+    size_t X = (size_t)dk * dv;
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, GLA_CHUNK);
+        copy_states(A->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
+        gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch, m->acts.scratch_per_thread);
+        if (st) copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
+        if (!st) zero(run, (size_t)B * H * X);
+        gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
+    }
+    head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
+    matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
+    residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
+    rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
+    matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
+    matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
+    swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
+    residual_forward(out, out, A->res_mid, (size_t)BT * D);
+}
+
+// Mamba2 block: x += mixer(rmsnorm(x) * norm)
+static void mamba2_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
+    matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
+    size_t X = (size_t)P * N;
+    float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
+    conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
+    dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, SSD_CHUNK);
+        copy_states(A->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
+        ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch, m->acts.scratch_per_thread);
+        if (st) copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->h;
+        if (!st) zero(run, (size_t)B * nh * X);
+        ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
+    }
+    gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
+    matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
+    residual_forward(out, out, A->res, (size_t)BT * D);
+}
+
+// inputs, targets: host arrays, copied to the device; targets may be nullptr
+void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
+    const Config *c = &m->config;
+    GpuModel *g = gpu_of(m);
+    if (B * T > m->B * m->T || T > m->T || B > m->B) die("model_forward: %d x %d tokens exceed the activations allocated for %d x %d", B, T, m->B, m->T);
+    if (m->mixer_form == MIX_RECURRENT && m->keep_steps && T != m->T) die("model_forward: keep_steps needs T == %d", m->T);
+    if (state && state->B != B) die("model_forward: the recurrent state holds %d sequences, the batch %d", state->B, B);
+    int BT = B * T, D = c->d_model;
+    Acts *a = &m->acts;
+    cudaCheck(cudaMemcpy(g->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) cudaCheck(cudaMemcpy(g->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    encoder_forward(a->layer[0].res, g->inputs, m->w.embed, BT, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        float *out = l + 1 < c->n_layer ? a->layer[l + 1].res : a->res_final;
+        if (c->family == FAMILY_GLA) gla_layer_forward(m, l, B, T, out, state);
+        else mamba2_layer_forward(m, l, B, T, out, state);
+    }
+    rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
+    matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+    m->inputs = inputs;
+    m->targets = targets;
+    m->cur_B = B;
+    m->cur_T = T;
+    m->loss = targets ? crossentropy_forward(a->losses, &m->n_targets, a->logits, g->targets, BT, c->vocab_size) : 0.0f;
+    if (!targets) cudaCheck(cudaDeviceSynchronize());  // report a fault here, not in a later call
+}
+
+void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
+
+// sum of squares of g[0..n) in double; block b writes its part to parts[b]
+__global__ void sumsq_kernel(double *parts, const float *g, size_t n) {
+    __shared__ double warp_parts[BLOCK / 32];
+    double s = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += (double)g[i] * g[i];
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) warp_parts[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0;
+        for (int w = 0; w < BLOCK / 32; w++) total += warp_parts[w];
+        parts[blockIdx.x] = total;
+    }
+}
+
+// sqrt of the sum of squares of the trainable gradients (fixed order: the same every run)
+float model_grad_norm(Model *m) {
+    GpuModel *g = gpu_of(m);
+    size_t used = 0;
+    for (size_t t = 0; t < m->tensors.size(); t++) {
+        if (m->lr_scale[t] == 0.0f) continue;
+        sumsq_kernel<<<NORM_BLOCKS, BLOCK>>>(g->norm_parts + used * NORM_BLOCKS, m->grads + m->tensors[t].offset, m->tensors[t].size());
+        launchCheck();
+        used++;
+    }
+    std::vector<double> parts(used * NORM_BLOCKS);
+    cudaCheck(cudaMemcpy(parts.data(), g->norm_parts, parts.size() * sizeof(double), cudaMemcpyDeviceToHost));
+    double total = 0;
+    for (double p : parts) total += p;
+    return (float)sqrt(total);
+}
+
+void model_update(Model *m, float lr, float grad_scale, int step, const AdamWConfig *opt) {
+    gpu_of(m);
+    if (!m->adam_m) {
+        m->adam_m = gpu_floats(m->num_params);
+        m->adam_v = gpu_floats(m->num_params);
+    }
+    for (size_t t = 0; t < m->tensors.size(); t++) {
+        const ParamTensor &pt = m->tensors[t];
+        if (m->lr_scale[t] == 0.0f) continue;
+        adamw_update(m->params + pt.offset, m->grads + pt.offset, m->adam_m + pt.offset, m->adam_v + pt.offset, pt.size(),
+                     lr * m->lr_scale[t], grad_scale, pt.is_matrix ? opt->weight_decay : 0.0f, step, opt);
+    }
+}
+
+static void gla_layer_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dv = V / H;
+    // MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
+    zero(a->dx1, (size_t)BT * F); zero(a->dx2, (size_t)BT * F); zero(a->dx3, (size_t)BT * F); zero(a->dx4, (size_t)BT * D);
+    matmul_backward(a->dx1, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
+    swiglu_backward(a->dx2, a->dx3, a->dx1, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    matmul_backward(a->dx4, G->gate_proj, nullptr, a->dx2, A->mlp_in, W->gate_proj, BT, D, F);
+    matmul_backward(a->dx4, G->up_proj, nullptr, a->dx3, A->mlp_in, W->up_proj, BT, D, F);
+    rmsnorm_backward(a->dres, G->mlp_norm, a->dx4, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);
+    // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate)))
+    zero(a->dx1, (size_t)BT * V); zero(a->dx2, (size_t)BT * V); zero(a->dx3, (size_t)BT * V);
+    matmul_backward(a->dx1, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
+    head_norm_gate_backward(a->dx2, a->dx3, G->g_norm, a->dx1, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
+    zero(a->dx4, (size_t)BT * K); zero(a->dx5, (size_t)BT * K); zero(a->dx6, (size_t)BT * V); zero(a->dx7, (size_t)BT * K);
+    if (m->mixer_form == MIX_CHUNKED)
+        gla_chunk_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+                           a->scratch, a->scratch_per_thread);
+    else
+        gla_recurrent_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+                               a->scratch, a->scratch_per_thread);
+    zero(a->dx8, (size_t)BT * K); zero(a->dx9, (size_t)BT * r); zero(a->dx1, (size_t)BT * D);
+    gla_gate_backward(a->dx8, a->dx7, A->gk_pre, (size_t)BT * K);
+    matmul_backward(a->dx9, G->gk_proj1, G->gk_bias, a->dx8, A->gk_low, W->gk_proj1, BT, r, K);
+    matmul_backward(a->dx1, G->gk_proj0, nullptr, a->dx9, A->attn_in, W->gk_proj0, BT, D, r);
+    matmul_backward(a->dx1, G->q_proj, nullptr, a->dx4, A->attn_in, W->q_proj, BT, D, K);
+    matmul_backward(a->dx1, G->k_proj, nullptr, a->dx5, A->attn_in, W->k_proj, BT, D, K);
+    matmul_backward(a->dx1, G->v_proj, nullptr, a->dx6, A->attn_in, W->v_proj, BT, D, V);
+    matmul_backward(a->dx1, G->g_proj, nullptr, a->dx3, A->attn_in, W->g_proj, BT, D, V);
+    rmsnorm_backward(a->dres, G->attn_norm, a->dx1, A->res, W->attn_norm, A->attn_rstd, BT, D);
+}
+
+static void mamba2_layer_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    // dx1: d y_out [BT, E]; dx2: d y [BT, E]; dx3: d zxbcdt [BT, Din]; dx4: d xbc [BT, Cc];
+    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]; dx7: d log decay [BT, nh]
+    zero(a->dx1, (size_t)BT * E); zero(a->dx2, (size_t)BT * E); zero(a->dx3, (size_t)BT * Din);
+    zero(a->dx4, (size_t)BT * Cc); zero(a->dx5, (size_t)BT * nh); zero(a->dx6, (size_t)BT * D);
+    zero(a->dx7, (size_t)BT * nh);
+    matmul_backward(a->dx1, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
+    gated_rmsnorm_backward(a->dx2, a->dx3, Din, G->gnorm, a->dx1, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
+    if (m->mixer_form == MIX_CHUNKED)
+        ssd_chunk_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+                           a->scratch, a->scratch_per_thread);
+    else
+        ssd_recurrent_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+                               a->scratch, a->scratch_per_thread);
+    ssd_decay_backward(a->dx5, G->A_log, G->D, a->dx7, a->dx2, A->xbc, A->dt, W->A_log, BT, nh, P, N);
+    dt_softplus_backward(a->dx3 + E + Cc, Din, G->dt_bias, a->dx5, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    conv1d_silu_backward(a->dx3 + E, Din, G->conv_w, G->conv_b, a->dx4, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, B, T, Cc, c->d_conv);
+    matmul_backward(a->dx6, G->in_proj, nullptr, a->dx3, A->norm_out, W->in_proj, BT, D, Din);
+    rmsnorm_backward(a->dres, G->norm, a->dx6, A->res, W->norm, A->norm_rstd, BT, D);
+}
+
+void model_backward(Model *m) {
+    const Config *c = &m->config;
+    GpuModel *g = gpu_of(m);
+    if (!m->targets) die("model_backward: the last forward had no targets");
+    if (m->mixer_form == MIX_RECURRENT && !m->keep_steps) die("model_backward: the recurrent form needs keep_steps");
+    int B = m->cur_B, T = m->cur_T, BT = B * T, D = c->d_model;
+    Acts *a = &m->acts;
+    // loss -> logits -> final norm
+    zero(a->dlogits, (size_t)BT * c->vocab_size);
+    if (m->n_targets > 0) crossentropy_backward(a->dlogits, a->logits, g->targets, BT, c->vocab_size, 1.0f / m->n_targets);
+    zero(a->dx1, (size_t)BT * D);
+    zero(a->dres, (size_t)BT * D);
+    matmul_backward(a->dx1, m->g.lm_head, nullptr, a->dlogits, a->final_out, m->w.lm_head, BT, D, c->vocab_size);
+    rmsnorm_backward(a->dres, m->g.norm_w, a->dx1, a->res_final, m->w.norm_w, a->final_rstd, BT, D);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        if (c->family == FAMILY_GLA) gla_layer_backward(m, l, B, T);
+        else mamba2_layer_backward(m, l, B, T);
+    }
+    encoder_backward(m->g.embed, a->dres, g->inputs, BT, D);
+    cudaCheck(cudaDeviceSynchronize());  // report a fault here, not in a later call
+}
+
+// ----------------------------------------------------------------------------
+// moving buffers between host and device
+
+static void to_host(float *dst, const float *src, size_t n) { cudaCheck(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost)); }
+static void to_device(float *dst, const float *src, size_t n) { cudaCheck(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyHostToDevice)); }
+
+void params_to_host(const Model *m, float *dst) { gpu_of(m); to_host(dst, m->params, m->num_params); }
+void params_from_host(Model *m, const float *src) { gpu_of(m); to_device(m->params, src, m->num_params); }
+void grads_to_host(const Model *m, float *dst) { gpu_of(m); to_host(dst, m->grads, m->num_params); }
+// before the first update the moments are zero
+void adam_to_host(const Model *m, float *m_dst, float *v_dst) {
+    gpu_of(m);
+    if (!m->adam_m) {
+        memset(m_dst, 0, m->num_params * sizeof(float));
+        memset(v_dst, 0, m->num_params * sizeof(float));
+        return;
+    }
+    to_host(m_dst, m->adam_m, m->num_params);
+    to_host(v_dst, m->adam_v, m->num_params);
+}
+void adam_from_host(Model *m, const float *m_src, const float *v_src) {
+    gpu_of(m);
+    if (!m->adam_m) {
+        m->adam_m = gpu_floats(m->num_params);
+        m->adam_v = gpu_floats(m->num_params);
+    }
+    to_device(m->adam_m, m_src, m->num_params);
+    to_device(m->adam_v, v_src, m->num_params);
+}
+void logits_to_host(const Model *m, float *dst) {
+    gpu_of(m);
+    to_host(dst, m->acts.logits, (size_t)m->cur_B * m->cur_T * m->config.vocab_size);
+}
+
+// recurrent state for generation: the CPU layout, in device memory
+void state_alloc(const Config *c, int B, RecState *s) {
+    size_t total = 0;
+    for (int l = 0; l < c->n_layer; l++) total += cpu::state_floats(c, l, B);
+    s->B = B;
+    s->mem = gpu_floats(total);
+    float *p = s->mem;
+    for (int l = 0; l < c->n_layer; l++) { s->layer[l] = p; p += cpu::state_floats(c, l, B); }
+}
+void state_zero(const Config *c, RecState *s) {
+    for (int l = 0; l < c->n_layer; l++) zero(s->layer[l], cpu::state_floats(c, l, s->B));
+}
+void state_free(RecState *s) { gpu_free(s->mem); s->mem = nullptr; }
+
+size_t memory_peak_bytes() { return mem_peak; }
+
+}  // namespace gpu

@@ -1,0 +1,693 @@
+// The GPU path (statex.cu) against the CPU path (statex_cpu.cpp) and the
+// reference data: every op forward and backward, the whole model, a training
+// step, generation and the two forms of the token mixers. Without a usable GPU
+// every case is skipped, and one line says why.
+#include "test_util.h"
+#include <omp.h>
+
+// gpu::available, asked once; the first time it says no, one line says why.
+static bool gpu_ok() {
+    static int ok = -1;
+    if (ok < 0) {
+        std::string why;
+        ok = gpu::available(&why) ? 1 : 0;
+        if (!ok) printf("GPU tests skipped: %s\n", why.c_str());
+    }
+    return ok == 1;
+}
+
+#ifndef STATEX_CUDA
+
+TEST_CASE("gpu: skipped, this build has no CUDA" * doctest::skip(!gpu_ok())) {}
+
+#else
+#include <cuda_runtime.h>
+
+// The ops are not in model.h; both files define them with these signatures
+// (on the GPU every pointer is a device pointer, except crossentropy_forward's
+// n_valid and adamw_update's config, which stay on the host).
+#define STATEX_OPS                                                                                                     \
+    void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D);                          \
+    void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D);                       \
+    void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D);                   \
+    void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,               \
+                          const float *rstd, int N, int D);                                                            \
+    void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);       \
+    void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,    \
+                         int N, int C, int OC);                                                                        \
+    void residual_forward(float *out, const float *a, const float *b, size_t n);                                      \
+    void swiglu_forward(float *h, const float *g, const float *u, size_t n);                                          \
+    void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);            \
+    void gla_gate_forward(float *a, const float *x, size_t n);                                                        \
+    void gla_gate_backward(float *dx, const float *da, const float *x, size_t n);                                     \
+    void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,      \
+                               const float *a, int B, int T, int H, int K, int V);                                    \
+    void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,    \
+                                const float *q, const float *k, const float *v, const float *a, int B, int T, int H,  \
+                                int K, int V, float *scratch, size_t scratch_per_thread);                             \
+    void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int B, \
+                           int T, int H, int K, int V, float *scratch, size_t scratch_per_thread);                    \
+    void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,            \
+                            const float *q, const float *k, const float *v, const float *a, int B, int T, int H,      \
+                            int K, int V, float *scratch, size_t scratch_per_thread);                                 \
+    void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT,     \
+                                int H, int dv);                                                                        \
+    void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o,                \
+                                 const float *og, const float *w, const float *rstd, int BT, int H, int dv);          \
+    void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w,                  \
+                             const float *bias, float *conv_state, int B, int T, int Cc, int W);                      \
+    void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout,                 \
+                              const float *pre, const float *in, int in_stride, const float *w, int B, int T, int Cc, \
+                              int W);                                                                                  \
+    void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh);         \
+    void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw,         \
+                              int raw_stride, const float *bias, int BT, int nh);                                     \
+    void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt,                  \
+                               const float *A_log, const float *Dskip, int B, int T, int nh, int P, int N);           \
+    void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,            \
+                                const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B,     \
+                                int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread);              \
+    void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log,                \
+                           const float *Dskip, int B, int T, int nh, int P, int N, float *scratch,                    \
+                           size_t scratch_per_thread);                                                                 \
+    void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,                   \
+                            const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B, int T,  \
+                            int nh, int P, int N, float *scratch, size_t scratch_per_thread);                         \
+    void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy,                 \
+                            const float *xbc, const float *dt, const float *A_log, int BT, int nh, int P, int N);     \
+    void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w,  \
+                               int BT, int E);                                                                         \
+    void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y,    \
+                                const float *z, int z_stride, const float *w, const float *rstd, int BT, int E);      \
+    float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V);  \
+    void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss);  \
+    void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale,          \
+                      float wd, int step, const AdamWConfig *o);
+namespace cpu { STATEX_OPS }
+namespace gpu { STATEX_OPS }
+
+// ----------------------------------------------------------------------------
+// one array on both sides: host data for the CPU op, a device twin for the GPU op
+
+static void cuda_ok(cudaError_t e) { REQUIRE_MESSAGE(e == cudaSuccess, std::string(cudaGetErrorString(e))); }
+
+template <typename T> struct Both {
+    std::vector<T> h;
+    T *d = nullptr;
+    T *cpu() { return h.data(); }
+    T *gpu() { return d; }
+    std::vector<T> back() const {  // what the GPU holds now
+        std::vector<T> out(h.size());
+        cuda_ok(cudaMemcpy(out.data(), d, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+        return out;
+    }
+};
+// Makes the arrays of one test and frees their device sides at the end.
+struct Arrays {
+    std::vector<void *> held;
+    ~Arrays() { for (void *p : held) cudaFree(p); }
+    template <typename T> Both<T> make(const std::vector<T> &init, size_t device_n = 0) {
+        Both<T> a{init, nullptr};
+        size_t n = std::max(init.size(), device_n);
+        cuda_ok(cudaMalloc((void **)&a.d, std::max<size_t>(n, 1) * sizeof(T)));
+        held.push_back(a.d);
+        cuda_ok(cudaMemset(a.d, 0, n * sizeof(T)));
+        cuda_ok(cudaMemcpy(a.d, init.data(), init.size() * sizeof(T), cudaMemcpyHostToDevice));
+        return a;
+    }
+    Both<float> normal(size_t n, Rng *r, float s = 1.0f) { return make(normal_vec(n, r, s)); }
+    Both<float> zeros(size_t n) { return make(std::vector<float>(n, 0.0f)); }
+    Both<float> uniform(size_t n, Rng *r, float lo, float hi) {
+        std::vector<float> v(n);
+        for (float &x : v) x = lo + (hi - lo) * rng_uniform(r);
+        return make(v);
+    }
+    // the scans' scratch: per OpenMP thread on the CPU, per (sequence, head) block on the GPU
+    Both<float> scratch(size_t per_task, int gpu_tasks) {
+        Both<float> a = make(std::vector<float>(per_task * omp_get_max_threads(), 0.0f), per_task * gpu_tasks);
+        return a;
+    }
+};
+
+// the GPU side of `a` against its CPU side
+static void check(const char *what, const Both<float> &a, double tol) {
+    std::vector<float> g = a.back();
+    double e = rel_err(g.data(), a.h.data(), a.h.size());
+    CHECK_MESSAGE(e <= tol, std::string(what) << ": GPU vs CPU relative error " << e << " > " << tol);
+}
+const double TOL_ELEM = 1e-5, TOL_SCAN = 1e-4;  // elementwise and norms; matmuls and scans
+
+// ----------------------------------------------------------------------------
+// the ops, each forward and backward on small random inputs; backward outputs
+// start non-zero, so "accumulates" is tested too
+
+TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doctest::skip(!gpu_ok())) {
+    Rng r = {11};
+    Arrays A;
+    const int BT = 37, D = 70, OC = 45, V = 53;
+    SUBCASE("embedding") {
+        std::vector<int> tok(BT);
+        for (int &t : tok) t = rng_int(&r, 9);  // repeats: rows shared by several tokens
+        auto tokens = A.make(tok);
+        auto embed = A.normal(9 * D, &r), out = A.zeros(BT * D), dout = A.normal(BT * D, &r), dembed = A.normal(9 * D, &r);
+        cpu::encoder_forward(out.cpu(), tokens.cpu(), embed.cpu(), BT, D);
+        gpu::encoder_forward(out.gpu(), tokens.gpu(), embed.gpu(), BT, D);
+        check("encoder forward", out, TOL_ELEM);
+        cpu::encoder_backward(dembed.cpu(), dout.cpu(), tokens.cpu(), BT, D);
+        gpu::encoder_backward(dembed.gpu(), dout.gpu(), tokens.gpu(), BT, D);
+        check("encoder backward", dembed, TOL_ELEM);
+    }
+    SUBCASE("rmsnorm") {
+        auto x = A.normal(BT * D, &r), w = A.normal(D, &r), out = A.zeros(BT * D), rstd = A.zeros(BT);
+        auto dout = A.normal(BT * D, &r), dx = A.normal(BT * D, &r), dw = A.normal(D, &r);
+        cpu::rmsnorm_forward(out.cpu(), rstd.cpu(), x.cpu(), w.cpu(), BT, D);
+        gpu::rmsnorm_forward(out.gpu(), rstd.gpu(), x.gpu(), w.gpu(), BT, D);
+        check("rmsnorm out", out, TOL_ELEM);
+        check("rmsnorm rstd", rstd, TOL_ELEM);
+        cpu::rmsnorm_backward(dx.cpu(), dw.cpu(), dout.cpu(), x.cpu(), w.cpu(), rstd.cpu(), BT, D);
+        gpu::rmsnorm_backward(dx.gpu(), dw.gpu(), dout.gpu(), x.gpu(), w.gpu(), rstd.gpu(), BT, D);
+        check("rmsnorm dx", dx, TOL_ELEM);
+        check("rmsnorm dw", dw, TOL_ELEM);
+    }
+    SUBCASE("matmul") {
+        auto x = A.normal(BT * D, &r), w = A.normal(OC * D, &r), bias = A.normal(OC, &r), out = A.zeros(BT * OC);
+        auto dout = A.normal(BT * OC, &r), dx = A.normal(BT * D, &r), dw = A.normal(OC * D, &r), db = A.normal(OC, &r);
+        cpu::matmul_forward(out.cpu(), x.cpu(), w.cpu(), bias.cpu(), BT, D, OC);
+        gpu::matmul_forward(out.gpu(), x.gpu(), w.gpu(), bias.gpu(), BT, D, OC);
+        check("matmul out", out, TOL_SCAN);
+        cpu::matmul_backward(dx.cpu(), dw.cpu(), db.cpu(), dout.cpu(), x.cpu(), w.cpu(), BT, D, OC);
+        gpu::matmul_backward(dx.gpu(), dw.gpu(), db.gpu(), dout.gpu(), x.gpu(), w.gpu(), BT, D, OC);
+        check("matmul dinp", dx, TOL_SCAN);
+        check("matmul dw", dw, TOL_SCAN);
+        check("matmul dbias", db, TOL_SCAN);
+    }
+    SUBCASE("residual, SwiGLU, GLA gate") {
+        size_t n = BT * D;
+        auto a = A.normal(n, &r), b = A.normal(n, &r, 3.0f), out = A.zeros(n), dh = A.normal(n, &r);
+        auto dg = A.normal(n, &r), du = A.normal(n, &r), h = A.zeros(n);
+        cpu::residual_forward(out.cpu(), a.cpu(), b.cpu(), n);
+        gpu::residual_forward(out.gpu(), a.gpu(), b.gpu(), n);
+        check("residual", out, TOL_ELEM);
+        cpu::swiglu_forward(h.cpu(), a.cpu(), b.cpu(), n);
+        gpu::swiglu_forward(h.gpu(), a.gpu(), b.gpu(), n);
+        check("swiglu out", h, TOL_ELEM);
+        cpu::swiglu_backward(dg.cpu(), du.cpu(), dh.cpu(), a.cpu(), b.cpu(), n);
+        gpu::swiglu_backward(dg.gpu(), du.gpu(), dh.gpu(), a.gpu(), b.gpu(), n);
+        check("swiglu dg", dg, TOL_ELEM);
+        check("swiglu du", du, TOL_ELEM);
+        cpu::gla_gate_forward(out.cpu(), b.cpu(), n);
+        gpu::gla_gate_forward(out.gpu(), b.gpu(), n);
+        check("gla gate out", out, TOL_ELEM);
+        cpu::gla_gate_backward(dg.cpu(), dh.cpu(), b.cpu(), n);
+        gpu::gla_gate_backward(dg.gpu(), dh.gpu(), b.gpu(), n);
+        check("gla gate dx", dg, TOL_ELEM);
+    }
+    SUBCASE("head norm and gate") {
+        const int H = 3, dv = 40;
+        size_t n = (size_t)BT * H * dv;
+        auto o = A.normal(n, &r), og = A.normal(n, &r), w = A.normal(dv, &r), out = A.zeros(n), rstd = A.zeros(BT * H);
+        auto dout = A.normal(n, &r), d_o = A.normal(n, &r), dog = A.normal(n, &r), dw = A.normal(dv, &r);
+        cpu::head_norm_gate_forward(out.cpu(), rstd.cpu(), o.cpu(), og.cpu(), w.cpu(), BT, H, dv);
+        gpu::head_norm_gate_forward(out.gpu(), rstd.gpu(), o.gpu(), og.gpu(), w.gpu(), BT, H, dv);
+        check("head_norm_gate out", out, TOL_ELEM);
+        cpu::head_norm_gate_backward(d_o.cpu(), dog.cpu(), dw.cpu(), dout.cpu(), o.cpu(), og.cpu(), w.cpu(), rstd.cpu(), BT, H, dv);
+        gpu::head_norm_gate_backward(d_o.gpu(), dog.gpu(), dw.gpu(), dout.gpu(), o.gpu(), og.gpu(), w.gpu(), rstd.gpu(), BT, H, dv);
+        check("head_norm_gate do", d_o, TOL_ELEM);
+        check("head_norm_gate dog", dog, TOL_ELEM);
+        check("head_norm_gate dw", dw, TOL_ELEM);
+    }
+    SUBCASE("conv1d + SiLU, with and without a carried window") {
+        const int B = 2, T = 19, Cc = 35, W = 4, stride = 50;  // rows of `in` are slices of wider rows
+        auto in = A.normal(B * T * stride, &r), w = A.normal(Cc * W, &r, 0.5f), bias = A.normal(Cc, &r, 0.1f);
+        auto out = A.zeros(B * T * Cc), pre = A.zeros(B * T * Cc), state = A.normal(B * (W - 1) * Cc, &r);
+        cpu::conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), nullptr, B, T, Cc, W);
+        gpu::conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), nullptr, B, T, Cc, W);
+        check("conv out", out, TOL_ELEM);
+        check("conv pre", pre, TOL_ELEM);
+        auto dout = A.normal(B * T * Cc, &r), din = A.normal(B * T * stride, &r), dw = A.normal(Cc * W, &r), db = A.normal(Cc, &r);
+        cpu::conv1d_silu_backward(din.cpu(), stride, dw.cpu(), db.cpu(), dout.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), B, T, Cc, W);
+        gpu::conv1d_silu_backward(din.gpu(), stride, dw.gpu(), db.gpu(), dout.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), B, T, Cc, W);
+        check("conv din", din, TOL_ELEM);
+        check("conv dw", dw, TOL_ELEM);
+        check("conv dbias", db, TOL_ELEM);
+        for (int Tc : {1, 2, 7}) {  // shorter than the window, and longer
+            cpu::conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), state.cpu(), B, Tc, Cc, W);
+            gpu::conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), state.gpu(), B, Tc, Cc, W);
+            check("conv out with a window", out, TOL_ELEM);
+            check("conv window after", state, TOL_ELEM);
+        }
+    }
+    SUBCASE("dt softplus, gated rmsnorm, SSD decay") {
+        const int nh = 5, stride = 12, E = 44, zs = 60, P = 4, N = 6, Cc = nh * P + 2 * N;
+        auto raw = A.normal(BT * stride, &r), bias = A.normal(nh, &r), dt = A.zeros(BT * nh);
+        auto ddt = A.normal(BT * nh, &r), draw = A.normal(BT * stride, &r), dbias = A.normal(nh, &r);
+        cpu::dt_softplus_forward(dt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
+        gpu::dt_softplus_forward(dt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
+        check("dt softplus", dt, TOL_ELEM);
+        cpu::dt_softplus_backward(draw.cpu(), stride, dbias.cpu(), ddt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
+        gpu::dt_softplus_backward(draw.gpu(), stride, dbias.gpu(), ddt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
+        check("dt softplus draw", draw, TOL_ELEM);
+        check("dt softplus dbias", dbias, TOL_ELEM);
+        auto y = A.normal(BT * E, &r), z = A.normal(BT * zs, &r), w = A.normal(E, &r), out = A.zeros(BT * E), rstd = A.zeros(BT);
+        auto dout = A.normal(BT * E, &r), dy = A.normal(BT * E, &r), dz = A.normal(BT * zs, &r), dw = A.normal(E, &r);
+        cpu::gated_rmsnorm_forward(out.cpu(), rstd.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), BT, E);
+        gpu::gated_rmsnorm_forward(out.gpu(), rstd.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), BT, E);
+        check("gated rmsnorm out", out, TOL_ELEM);
+        cpu::gated_rmsnorm_backward(dy.cpu(), dz.cpu(), zs, dw.cpu(), dout.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), rstd.cpu(), BT, E);
+        gpu::gated_rmsnorm_backward(dy.gpu(), dz.gpu(), zs, dw.gpu(), dout.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), rstd.gpu(), BT, E);
+        check("gated rmsnorm dy", dy, TOL_ELEM);
+        check("gated rmsnorm dz", dz, TOL_ELEM);
+        check("gated rmsnorm dw", dw, TOL_ELEM);
+        auto dlda = A.normal(BT * nh, &r), sdy = A.normal(BT * nh * P, &r), xbc = A.normal(BT * Cc, &r);
+        auto A_log = A.uniform(nh, &r, 0.0f, 2.7f), dA = A.normal(nh, &r), dD = A.normal(nh, &r);
+        cpu::ssd_decay_backward(ddt.cpu(), dA.cpu(), dD.cpu(), dlda.cpu(), sdy.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), BT, nh, P, N);
+        gpu::ssd_decay_backward(ddt.gpu(), dA.gpu(), dD.gpu(), dlda.gpu(), sdy.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), BT, nh, P, N);
+        check("ssd decay ddt", ddt, TOL_ELEM);
+        check("ssd decay dA_log", dA, TOL_ELEM);
+        check("ssd decay dD", dD, TOL_ELEM);
+    }
+    SUBCASE("cross-entropy") {
+        std::vector<int> tg(BT);
+        for (int i = 0; i < BT; i++) tg[i] = i % 7 == 3 ? -1 : rng_int(&r, V);
+        auto targets = A.make(tg);
+        auto logits = A.normal(BT * V, &r, 2.0f), losses = A.zeros(BT), dlogits = A.normal(BT * V, &r);
+        int n_cpu = 0, n_gpu = 0;
+        float l_cpu = cpu::crossentropy_forward(losses.cpu(), &n_cpu, logits.cpu(), targets.cpu(), BT, V);
+        float l_gpu = gpu::crossentropy_forward(losses.gpu(), &n_gpu, logits.gpu(), targets.gpu(), BT, V);
+        CHECK(n_gpu == n_cpu);
+        CHECK(fabs(l_gpu - l_cpu) <= TOL_ELEM * fabs(l_cpu));
+        check("cross-entropy losses", losses, TOL_ELEM);
+        cpu::crossentropy_backward(dlogits.cpu(), logits.cpu(), targets.cpu(), BT, V, 1.0f / n_cpu);
+        gpu::crossentropy_backward(dlogits.gpu(), logits.gpu(), targets.gpu(), BT, V, 1.0f / n_cpu);
+        check("cross-entropy dlogits", dlogits, TOL_ELEM);
+    }
+    SUBCASE("AdamW") {
+        size_t n = 1000;
+        auto p = A.normal(n, &r), g = A.normal(n, &r), m = A.normal(n, &r, 0.1f), v = A.uniform(n, &r, 0.0f, 0.1f);
+        AdamWConfig opt;
+        for (int step = 1; step <= 3; step++) {
+            cpu::adamw_update(p.cpu(), g.cpu(), m.cpu(), v.cpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
+            gpu::adamw_update(p.gpu(), g.gpu(), m.gpu(), v.gpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
+        }
+        check("adamw params", p, TOL_ELEM);
+        check("adamw m", m, TOL_ELEM);
+        check("adamw v", v, TOL_ELEM);
+    }
+}
+
+// GLA scans, recurrent and chunked, from a non-zero initial state (forward) and
+// into gradients that start non-zero (backward)
+static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) {
+    INFO("GLA scans B " << B << " T " << T << " H " << H << " hk " << hk << " hv " << hv);
+    Rng r = {seed};
+    Arrays A;
+    int K = H * hk, V = H * hv, nc = n_chunks(T, GLA_CHUNK);
+    size_t BT = (size_t)B * T, X = (size_t)hk * hv;
+    Config c = {};
+    c.family = FAMILY_GLA; c.n_layer = 1; c.key_dim = K; c.value_dim = V; c.n_head[0] = H;
+    size_t spt = (scan_scratch_floats(&c) + 15) & ~(size_t)15;
+    auto q = A.normal(BT * K, &r), k = A.normal(BT * K, &r), v = A.normal(BT * V, &r), a = A.uniform(BT * K, &r, -0.6f, 0.0f);
+    auto dout = A.normal(BT * V, &r), scratch = A.scratch(spt, B * H);
+    // recurrent
+    auto o = A.zeros(BT * V), S = A.normal(B * H * X, &r, 0.3f), S_all = A.zeros(BT * H * X);
+    cpu::gla_recurrent_forward(o.cpu(), S.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V);
+    gpu::gla_recurrent_forward(o.gpu(), S.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V);
+    check("gla recurrent o", o, TOL_SCAN);
+    check("gla recurrent final state", S, TOL_SCAN);
+    check("gla recurrent S_all", S_all, TOL_SCAN);
+    auto dq = A.normal(BT * K, &r), dk = A.normal(BT * K, &r), dv = A.normal(BT * V, &r), da = A.normal(BT * K, &r);
+    cpu::gla_recurrent_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
+                                B, T, H, K, V, scratch.cpu(), spt);
+    gpu::gla_recurrent_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
+                                B, T, H, K, V, scratch.gpu(), spt);
+    check("gla recurrent dq", dq, TOL_SCAN);
+    check("gla recurrent dk", dk, TOL_SCAN);
+    check("gla recurrent dv", dv, TOL_SCAN);
+    check("gla recurrent da", da, TOL_SCAN);
+    // chunked: slot 0 of every (b, h) is the initial state
+    std::vector<float> S0((size_t)B * H * (nc + 1) * X, 0.0f);
+    for (int i = 0; i < B * H; i++)
+        for (size_t x = 0; x < X; x++) S0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
+    auto Sc = A.make(S0);
+    cpu::gla_chunk_forward(o.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V, scratch.cpu(), spt);
+    gpu::gla_chunk_forward(o.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V, scratch.gpu(), spt);
+    check("gla chunked o", o, TOL_SCAN);
+    check("gla chunk states", Sc, TOL_SCAN);
+    cpu::gla_chunk_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
+                            B, T, H, K, V, scratch.cpu(), spt);
+    gpu::gla_chunk_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
+                            B, T, H, K, V, scratch.gpu(), spt);
+    check("gla chunked dq", dq, TOL_SCAN);
+    check("gla chunked dk", dk, TOL_SCAN);
+    check("gla chunked dv", dv, TOL_SCAN);
+    check("gla chunked da", da, TOL_SCAN);
+}
+
+TEST_CASE("gpu: ops (GLA scans)" * doctest::skip(!gpu_ok())) {
+    check_gla_scans(2, 37, 2, 40, 300, 1);  // hk, hv past one tile, hv past one pass of the threads
+    check_gla_scans(1, 5, 3, 8, 16, 2);     // shorter than a chunk
+    check_gla_scans(2, 32, 1, 32, 33, 3);   // whole chunks
+    check_gla_scans(1, 20, 1, 130, 520, 4); // a merged head: several key tiles, several passes over the values
+}
+
+// Mamba2 SSD scans, recurrent and chunked, likewise
+static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
+    INFO("SSD scans B " << B << " T " << T << " nh " << nh << " P " << P << " N " << N);
+    Rng r = {seed};
+    Arrays A;
+    int E = nh * P, Cc = E + 2 * N, nc = n_chunks(T, SSD_CHUNK);
+    size_t BT = (size_t)B * T, X = (size_t)P * N;
+    Config c = {};
+    c.family = FAMILY_MAMBA2; c.n_layer = 1; c.d_inner = E; c.headdim = P; c.d_conv = 4; c.d_state[0] = N;
+    size_t spt = (scan_scratch_floats(&c) + 15) & ~(size_t)15;
+    std::vector<float> dtv(BT * nh), alog(nh);
+    for (float &x : dtv) x = expf(logf(0.01f) + rng_uniform(&r) * (logf(0.5f) - logf(0.01f)));
+    for (float &x : alog) x = logf(1.0f + 15.0f * rng_uniform(&r));
+    auto xbc = A.normal(BT * Cc, &r), dt = A.make(dtv), A_log = A.make(alog), Dskip = A.uniform(nh, &r, 0.5f, 1.5f);
+    auto dy = A.normal(BT * E, &r), scratch = A.scratch(spt, B * nh);
+    // recurrent
+    auto y = A.zeros(BT * E), hs = A.normal(B * nh * X, &r, 0.3f), h_all = A.zeros(BT * nh * X);
+    cpu::ssd_recurrent_forward(y.cpu(), hs.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N);
+    gpu::ssd_recurrent_forward(y.gpu(), hs.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N);
+    check("ssd recurrent y", y, TOL_SCAN);
+    check("ssd recurrent final state", hs, TOL_SCAN);
+    check("ssd recurrent h_all", h_all, TOL_SCAN);
+    auto dxbc = A.normal(BT * Cc, &r), ddt = A.normal(BT * nh, &r), dlda = A.normal(BT * nh, &r);
+    cpu::ssd_recurrent_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
+                                B, T, nh, P, N, scratch.cpu(), spt);
+    gpu::ssd_recurrent_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
+                                B, T, nh, P, N, scratch.gpu(), spt);
+    check("ssd recurrent dxbc", dxbc, TOL_SCAN);
+    check("ssd recurrent ddt", ddt, TOL_SCAN);
+    check("ssd recurrent dlda", dlda, TOL_SCAN);
+    // chunked
+    std::vector<float> H0((size_t)B * nh * (nc + 1) * X, 0.0f);
+    for (int i = 0; i < B * nh; i++)
+        for (size_t x = 0; x < X; x++) H0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
+    auto hc = A.make(H0);
+    cpu::ssd_chunk_forward(y.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N, scratch.cpu(), spt);
+    gpu::ssd_chunk_forward(y.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N, scratch.gpu(), spt);
+    check("ssd chunked y", y, TOL_SCAN);
+    check("ssd chunk states", hc, TOL_SCAN);
+    cpu::ssd_chunk_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
+                            B, T, nh, P, N, scratch.cpu(), spt);
+    gpu::ssd_chunk_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
+                            B, T, nh, P, N, scratch.gpu(), spt);
+    check("ssd chunked dxbc", dxbc, TOL_SCAN);
+    check("ssd chunked ddt", ddt, TOL_SCAN);
+    check("ssd chunked dlda", dlda, TOL_SCAN);
+}
+
+TEST_CASE("gpu: ops (Mamba2 SSD scans)" * doctest::skip(!gpu_ok())) {
+    check_ssd_scans(2, 70, 3, 20, 40, 1);   // two chunks, the last short
+    check_ssd_scans(1, 130, 2, 70, 17, 2);  // P past one 64-channel tile
+    check_ssd_scans(2, 5, 1, 8, 3, 3);      // shorter than a chunk
+    check_ssd_scans(1, 70, 1, 130, 100, 4); // three channel tiles, N past the warp width
+}
+
+// ----------------------------------------------------------------------------
+// whole models
+
+static Config small_gla(std::vector<int> heads) {
+    Config c = {};
+    c.family = FAMILY_GLA; c.vocab_size = 256; c.d_model = 48; c.n_layer = (int)heads.size(); c.tied = 0;
+    c.key_dim = 32; c.value_dim = 64; c.gate_rank = 8; c.mlp_hidden = 96;
+    for (size_t l = 0; l < heads.size(); l++) c.n_head[l] = heads[l];
+    return c;
+}
+static Config small_mamba2(std::vector<int> states) {
+    Config c = {};
+    c.family = FAMILY_MAMBA2; c.vocab_size = 256; c.d_model = 48; c.n_layer = (int)states.size(); c.tied = 1;
+    c.d_inner = 96; c.headdim = 16; c.d_conv = 4;
+    for (size_t l = 0; l < states.size(); l++) c.d_state[l] = states[l];
+    return c;
+}
+
+// Weights that keep every activation O(1) (the recipe of tests/refdata/README.md;
+// the DESIGN initialisation, std 0.02, would make them tiny). A malloc'ed buffer.
+static float *test_params(const Config *c, uint64_t seed) {
+    Rng r = {seed};
+    size_t n = num_params_of(c);
+    float *p = (float *)xmalloc(n * sizeof(float));
+    auto ends = [](const std::string &s, const char *e) { size_t k = strlen(e); return s.size() >= k && s.compare(s.size() - k, k, e) == 0; };
+    for (const ParamTensor &t : param_layout(c)) {
+        float *x = p + t.offset;
+        const std::string &s = t.name;
+        for (size_t i = 0; i < t.size(); i++) {
+            float z = rng_normal(&r), u = rng_uniform(&r), fan_in = (float)t.cols;
+            if (s.find("norm") != std::string::npos) x[i] = 1.0f + 0.2f * z;
+            else if (ends(s, "o_proj.weight") || ends(s, "down_proj.weight") || ends(s, "out_proj.weight")) x[i] = z * 0.5f / sqrtf(fan_in);
+            else if (ends(s, "gk_proj1.weight")) x[i] = z * 2.0f / sqrtf(fan_in);
+            else if (ends(s, "gk_proj1.bias")) x[i] = 2.0f * z;
+            else if (ends(s, "conv1d.weight")) x[i] = z / sqrtf((float)c->d_conv);
+            else if (ends(s, "conv1d.bias")) x[i] = 0.1f * z;
+            else if (ends(s, "mixer.D")) x[i] = 1.0f + 0.3f * z;
+            else if (ends(s, "A_log")) x[i] = logf(1.0f + 15.0f * u);
+            else if (ends(s, "dt_bias")) {
+                float dt = expf(logf(0.01f) + u * (logf(0.5f) - logf(0.01f)));
+                x[i] = dt + logf(-expm1f(-dt));  // softplus^-1
+            } else if (ends(s, "embed.weight")) x[i] = 0.25f * z;
+            else if (ends(s, "lm_head.weight")) x[i] = z * 2.0f / sqrtf((float)c->d_model);
+            else x[i] = z / sqrtf(fan_in);  // input-side projections
+        }
+    }
+    return p;
+}
+
+// B*T random bytes, and their targets (the next byte, a few set to -1)
+static void random_batch(int B, int T, uint64_t seed, std::vector<int> *inputs, std::vector<int> *targets) {
+    Rng r = {seed};
+    inputs->resize((size_t)B * T);
+    targets->resize((size_t)B * T);
+    for (int &x : *inputs) x = rng_int(&r, 256);
+    for (size_t i = 0; i < inputs->size(); i++) (*targets)[i] = i % 11 == 5 ? -1 : rng_int(&r, 256);
+    (*targets)[0] = rng_int(&r, 256);  // at least one target counts
+}
+
+// one forward and backward on the GPU: logits, loss, gradients
+struct Pass {
+    std::vector<float> logits, grads;
+    float loss;
+};
+static Pass gpu_pass(Model *m, const std::vector<int> &in, const std::vector<int> &tg, int B, int T) {
+    Pass p;
+    gpu::model_forward(m, in.data(), tg.data(), B, T);
+    gpu::model_zero_grad(m);
+    gpu::model_backward(m);
+    p.logits.resize((size_t)B * T * m->config.vocab_size);
+    p.grads.resize(m->num_params);
+    gpu::logits_to_host(m, p.logits.data());
+    gpu::grads_to_host(m, p.grads.data());
+    p.loss = m->loss;
+    return p;
+}
+
+// logits, loss and every gradient tensor of `got` against `want`, with the
+// thresholds of tests/test_refdata.cpp; `skip` names tensors left out
+static void check_pass(const char *what, const Model *m, const Pass &got, const float *want_logits, float want_loss,
+                       const float *want_grads, const std::vector<std::string> &skip = {}) {
+    double e_logits = rel_err(got.logits.data(), want_logits, got.logits.size());
+    double e_loss = fabs((double)got.loss - want_loss) / fabs((double)want_loss);
+    double worst = 0;
+    std::string worst_name;
+    for (const ParamTensor &t : m->tensors) {
+        bool skipped = false;
+        for (const std::string &s : skip) skipped = skipped || t.name.find(s) != std::string::npos;
+        if (skipped) continue;
+        double e = rel_err(got.grads.data() + t.offset, want_grads + t.offset, t.size());
+        if (e > worst) { worst = e; worst_name = t.name; }
+        CHECK_MESSAGE(e <= 5e-4, std::string(what) << ": gradient of " << t.name << " relative error " << e);
+    }
+    printf("%s: logits %.2e  loss %.2e  worst gradient %.2e (%s)\n", what, e_logits, e_loss, worst, worst_name.c_str());
+    CHECK_MESSAGE(e_logits <= 1e-4, std::string(what) << ": logits relative error " << e_logits);
+    CHECK_MESSAGE(e_loss <= 1e-5, std::string(what) << ": loss relative error " << e_loss);
+}
+
+// a refdata case on the GPU, in one form: against the reference and against the CPU
+static void check_refdata_gpu(const char *model_path, const char *state_path, int form) {
+    Config c;
+    float *params = nullptr;
+    std::string e = read_model_file(model_path, &c, &params);
+    REQUIRE_MESSAGE(e.empty(), e);
+    DebugState ref;
+    e = read_debug_state(state_path, &ref);
+    REQUIRE_MESSAGE(e.empty(), e);
+    Model g, m;
+    gpu::model_init(&g, &c, params);
+    cpu::model_init(&m, &c, params);  // takes params
+    REQUIRE(ref.num_params == g.num_params);
+    g.mixer_form = m.mixer_form = form;
+    gpu::model_alloc_acts(&g, ref.B, ref.T, form == MIX_RECURRENT);
+    cpu::model_alloc_acts(&m, ref.B, ref.T, form == MIX_RECURRENT);
+    Pass got = gpu_pass(&g, ref.inputs, ref.targets, ref.B, ref.T);
+    cpu::model_forward(&m, ref.inputs.data(), ref.targets.data(), ref.B, ref.T);
+    cpu::model_zero_grad(&m);
+    cpu::model_backward(&m);
+    std::string what = std::string(model_path) + (form == MIX_CHUNKED ? " (GPU, chunked)" : " (GPU, recurrent)");
+    check_pass((what + " vs reference").c_str(), &g, got, ref.logits.data(), ref.loss, ref.grads.data());
+    check_pass((what + " vs CPU").c_str(), &g, got, m.acts.logits, m.loss, m.grads);
+    gpu::model_free(&g);
+    cpu::model_free(&m);
+}
+
+TEST_CASE("gpu: refdata, GLA heads [4, 1]" * doctest::skip(!gpu_ok())) {
+    for (int form : {MIX_CHUNKED, MIX_RECURRENT}) check_refdata_gpu("tests/refdata/gla_small.bin", "tests/refdata/gla_small.state.bin", form);
+}
+TEST_CASE("gpu: refdata, GLA merged heads [1, 1]" * doctest::skip(!gpu_ok())) {
+    for (int form : {MIX_CHUNKED, MIX_RECURRENT})
+        check_refdata_gpu("tests/refdata/gla_small_merge_every1_out.bin", "tests/refdata/gla_small_merge_every1_out.state.bin", form);
+}
+TEST_CASE("gpu: refdata, Mamba2 N [16, 64]" * doctest::skip(!gpu_ok())) {
+    for (int form : {MIX_CHUNKED, MIX_RECURRENT}) check_refdata_gpu("tests/refdata/mamba2_small.bin", "tests/refdata/mamba2_small.state.bin", form);
+}
+TEST_CASE("gpu: refdata, Mamba2 expanded N [64, 64]" * doctest::skip(!gpu_ok())) {
+    for (int form : {MIX_CHUNKED, MIX_RECURRENT})
+        check_refdata_gpu("tests/refdata/mamba2_small_zero_e4_every2_out.bin", "tests/refdata/mamba2_small_zero_e4_every2_out.state.bin", form);
+}
+
+// one AdamW step (with clipping and one frozen tensor) on both devices
+static void check_train_step(const Config &c, uint64_t seed) {
+    INFO(std::string(family_name(c.family)) << " training step");
+    const int B = 2, T = 40;
+    float *params = test_params(&c, seed);
+    std::vector<float> p0(params, params + num_params_of(&c));
+    Model g, m;
+    gpu::model_init(&g, &c, params);
+    cpu::model_init(&m, &c, params);
+    gpu::model_alloc_acts(&g, B, T);
+    cpu::model_alloc_acts(&m, B, T);
+    const size_t frozen = 1;  // the first layer's first tensor
+    g.lr_scale[frozen] = m.lr_scale[frozen] = 0.0f;
+    g.lr_scale[2] = m.lr_scale[2] = 0.5f;
+    std::vector<int> in, tg;
+    random_batch(B, T, seed + 1, &in, &tg);
+    AdamWConfig opt;
+    Pass got = gpu_pass(&g, in, tg, B, T);
+    cpu::model_forward(&m, in.data(), tg.data(), B, T);
+    cpu::model_zero_grad(&m);
+    cpu::model_backward(&m);
+    CHECK(rel_err(got.grads.data(), m.grads, m.num_params) <= 5e-4);
+    float norm_g = gpu::model_grad_norm(&g), norm_c = cpu::model_grad_norm(&m);
+    CHECK_MESSAGE(fabs(norm_g - norm_c) <= 1e-5 * norm_c, "grad norm GPU " << norm_g << " CPU " << norm_c);
+    float scale = norm_c > 1.0f ? 1.0f / norm_c : 1.0f;
+    gpu::model_update(&g, 1e-3f, scale, 1, &opt);
+    cpu::model_update(&m, 1e-3f, scale, 1, &opt);
+    std::vector<float> after(g.num_params), am(g.num_params), av(g.num_params);
+    gpu::params_to_host(&g, after.data());
+    gpu::adam_to_host(&g, am.data(), av.data());
+    double e = rel_err(after.data(), m.params, m.num_params);
+    printf("%s training step: parameters GPU vs CPU %.2e\n", family_name(c.family), e);
+    CHECK_MESSAGE(e <= 1e-5, "parameters after the step: relative error " << e);
+    CHECK(rel_err(am.data(), m.adam_m, m.num_params) <= 5e-4);
+    const ParamTensor &f = g.tensors[frozen];
+    CHECK_MESSAGE(memcmp(after.data() + f.offset, p0.data() + f.offset, f.size() * sizeof(float)) == 0, "frozen tensor " << f.name << " moved");
+    // the host round trips
+    gpu::params_from_host(&g, p0.data());
+    gpu::params_to_host(&g, after.data());
+    CHECK(after == p0);
+    gpu::adam_from_host(&g, m.adam_m, m.adam_v);
+    gpu::adam_to_host(&g, am.data(), av.data());
+    CHECK(memcmp(am.data(), m.adam_m, m.num_params * sizeof(float)) == 0);
+    CHECK(memcmp(av.data(), m.adam_v, m.num_params * sizeof(float)) == 0);
+    gpu::model_free(&g);
+    cpu::model_free(&m);
+    CHECK(gpu::memory_peak_bytes() > 0);
+}
+
+TEST_CASE("gpu: one training step, CPU vs GPU" * doctest::skip(!gpu_ok())) {
+    check_train_step(small_gla({2, 1}), 21);
+    check_train_step(small_mamba2({16, 32}), 22);
+}
+
+// Generation on the GPU: T single-token steps in recurrent form from a fresh
+// state against one chunked forward over the T tokens; then chunked forwards
+// that carry the state across calls.
+static void check_generation(const Config &c, uint64_t seed, int B, int T) {
+    INFO(std::string(family_name(c.family)) << " generation, T " << T);
+    const int Vs = c.vocab_size;
+    Model g;
+    float *params = test_params(&c, seed);
+    gpu::model_init(&g, &c, params);
+    free(params);
+    gpu::model_alloc_acts(&g, B, T);
+    std::vector<int> in, tg;
+    random_batch(B, T, seed + 1, &in, &tg);
+    std::vector<float> want((size_t)B * T * Vs), got(want.size()), step((size_t)B * Vs);
+    gpu::model_forward(&g, in.data(), nullptr, B, T);
+    gpu::logits_to_host(&g, want.data());
+    RecState st;
+    gpu::state_alloc(&c, B, &st);
+    g.mixer_form = MIX_RECURRENT;
+    for (int t = 0; t < T; t++) {
+        std::vector<int> tok(B);
+        for (int b = 0; b < B; b++) tok[b] = in[(size_t)b * T + t];
+        gpu::model_forward(&g, tok.data(), nullptr, B, 1, &st);
+        gpu::logits_to_host(&g, step.data());
+        for (int b = 0; b < B; b++) memcpy(&got[((size_t)b * T + t) * Vs], &step[(size_t)b * Vs], Vs * sizeof(float));
+    }
+    double e = rel_err(got.data(), want.data(), want.size());
+    printf("%s generation, %d recurrent steps vs chunked: logits %.2e\n", family_name(c.family), T, e);
+    CHECK_MESSAGE(e <= 1e-4, "recurrent steps vs chunked forward: relative error " << e);
+    // chunked, in two calls that carry the state: the first T1 tokens, then the rest
+    g.mixer_form = MIX_CHUNKED;
+    gpu::state_zero(&c, &st);
+    const int T1 = T / 2 + 3, T2 = T - T1;
+    std::vector<int> first((size_t)B * T1), rest((size_t)B * T2);
+    for (int b = 0; b < B; b++) {
+        memcpy(&first[(size_t)b * T1], &in[(size_t)b * T], T1 * sizeof(int));
+        memcpy(&rest[(size_t)b * T2], &in[(size_t)b * T + T1], T2 * sizeof(int));
+    }
+    std::vector<float> part((size_t)B * T * Vs);
+    gpu::model_forward(&g, first.data(), nullptr, B, T1, &st);
+    gpu::logits_to_host(&g, part.data());
+    for (int b = 0; b < B; b++) memcpy(&got[(size_t)b * T * Vs], &part[(size_t)b * T1 * Vs], (size_t)T1 * Vs * sizeof(float));
+    gpu::model_forward(&g, rest.data(), nullptr, B, T2, &st);
+    gpu::logits_to_host(&g, part.data());
+    for (int b = 0; b < B; b++)
+        memcpy(&got[((size_t)b * T + T1) * Vs], &part[(size_t)b * T2 * Vs], (size_t)T2 * Vs * sizeof(float));
+    e = rel_err(got.data(), want.data(), want.size());
+    CHECK_MESSAGE(e <= 1e-4, "chunked forwards carrying the state vs one forward: relative error " << e);
+    gpu::state_free(&st);
+    gpu::model_free(&g);
+}
+
+TEST_CASE("gpu: generation, recurrent steps vs chunked forward" * doctest::skip(!gpu_ok())) {
+    check_generation(small_gla({2, 2}), 31, 2, 40);
+    check_generation(small_gla({4, 1, 2}), 32, 2, 37);       // different heads per layer
+    check_generation(small_mamba2({16, 16}), 33, 2, 70);
+    check_generation(small_mamba2({8, 32}), 34, 1, 67);      // different state sizes per layer
+}
+
+// The recurrent form against the chunked form on the GPU: outputs and every gradient
+static void check_forms(const Config &c, uint64_t seed, int T) {
+    INFO(std::string(family_name(c.family)) << " forms, T " << T);
+    const int B = 2;
+    float *params = test_params(&c, seed);
+    Model chunked, recurrent;
+    gpu::model_init(&chunked, &c, params);
+    gpu::model_init(&recurrent, &c, params);
+    free(params);
+    recurrent.mixer_form = MIX_RECURRENT;
+    gpu::model_alloc_acts(&chunked, B, T);
+    gpu::model_alloc_acts(&recurrent, B, T, true);
+    std::vector<int> in, tg;
+    random_batch(B, T, seed + 1, &in, &tg);
+    Pass a = gpu_pass(&chunked, in, tg, B, T), b = gpu_pass(&recurrent, in, tg, B, T);
+    // at T = 1 the GLA q, k gradients come only through the head norm's eps
+    // (tests/refdata/README.md): no meaningful threshold there
+    std::vector<std::string> skip;
+    if (c.family == FAMILY_GLA && T == 1) skip = {"q_proj", "k_proj"};
+    std::string what = strf("%s T %d, chunked vs recurrent (GPU)", family_name(c.family), T);
+    check_pass(what.c_str(), &chunked, a, b.logits.data(), b.loss, b.grads.data(), skip);
+    gpu::model_free(&chunked);
+    gpu::model_free(&recurrent);
+}
+
+TEST_CASE("gpu: recurrent vs chunked form, T = 1, 15, 17, 65, 130" * doctest::skip(!gpu_ok())) {
+    for (int T : {1, 15, 17, 65, 130}) {
+        check_forms(small_gla({4, 1}), 41, T);
+        check_forms(small_mamba2({16, 32}), 42, T);
+    }
+}
+
+#endif  // STATEX_CUDA
