@@ -106,8 +106,8 @@ bench: $(BIN_TRAIN) $(BIN_INFER)
 	@./infer --bench --device cuda
 
 train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
-	./train --preset tiny-gla --out out/tiny-gla.bin
-	./infer --model out/tiny-gla.bin --prompt "The " --max-tokens 400 --seed 1
+	./train --preset tiny-mamba2 --steps 1500 --out out/tiny-mamba2.bin
+	./infer --model out/tiny-mamba2.bin --prompt "The " --max-tokens 400 --seed 1
 
 # the StateX recall experiment (hours on 2 CPU cores; see README.md), and its smoke test
 experiment: $(BIN_TRAIN) $(BIN_INFER) data/train.txt

@@ -188,9 +188,8 @@ static int run_generate(const InferOptions *o) {
     if (o->model.empty()) die("--model PATH is needed (see ./infer --help)");
     Config c;
     float *params;
-    std::string e = read_model_file(o->model, &c, &params);
-    if (!e.empty()) die("%s", e.c_str());
-    std::string prompt = o->prompt;
+    read_model_or_die(o->model, &c, &params);
+    std::string e, prompt = o->prompt;
     if (!o->prompt_file.empty()) {
         std::vector<char> b;
         e = read_file(o->prompt_file, &b);
@@ -238,12 +237,7 @@ static int run_bench(const InferOptions *o) {
     for (const std::string &name : names) {
         Config c;
         if (!preset_config(name, &c)) die("--preset: unknown preset '%s'", name.c_str());
-        Model h;
-        cpu::model_init(&h, &c, nullptr);
-        cpu::model_random_init(&h, 1);
-        float *params = h.params;
-        h.params = nullptr;
-        cpu::model_free(&h);
+        float *params = cpu::random_params(&c, 1);
         Generator g;
         gen_open(&g, &c, params, o->device);
         Rng rng = {3};
@@ -360,10 +354,9 @@ static int run_eval(const InferOptions *o) {
     if (o->model.empty()) die("--eval needs --model PATH");
     Config c;
     float *params;
-    std::string e = read_model_file(o->model, &c, &params);
-    if (!e.empty()) die("%s", e.c_str());
+    read_model_or_die(o->model, &c, &params);
     Corpus val;
-    e = load_corpus(o->val, 4096, &val);
+    std::string e = load_corpus(o->val, 4096, &val);
     if (!e.empty()) die("--val: %s", e.c_str());
     size_t state = 0;
     for (int l = 0; l < c.n_layer; l++) state += layer_state_floats(&c, l);

@@ -416,7 +416,7 @@ inline double forward_flops_per_token(const Config *c, bool recurrent) {
 }
 
 // The named model presets. The benchmark presets' sizes are fixed so figures
-// compare across tools; tiny-gla is the main job's model (make train).
+// compare across tools; tiny-mamba2 is the main job's model (make train).
 inline bool preset_config(const std::string &name, Config *c) {
     memset(c, 0, sizeof *c);
     c->vocab_size = 256;
@@ -527,15 +527,23 @@ inline std::string header_to_config(const int32_t h[256], Config *c) {
     return config_problem(c);
 }
 
+// Reads a whole file that starts with a 256-int32 header (model files and
+// debug states): the bytes and the header. "" on success.
+inline std::string read_with_header(const std::string &path, std::vector<char> *bytes, int32_t h[256]) {
+    std::string e = read_file(path, bytes);
+    if (!e.empty()) return e;
+    if (bytes->size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes->size());
+    memcpy(h, bytes->data(), 1024);
+    return "";
+}
+
 // Reads a model file into a fresh malloc'ed flat buffer. Checks magic, version,
 // every size and the exact length; never reads past the end. "" on success.
 inline std::string read_model_file(const std::string &path, Config *c, float **params) {
     std::vector<char> bytes;
-    std::string e = read_file(path, &bytes);
-    if (!e.empty()) return e;
-    if (bytes.size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes.size());
     int32_t h[256];
-    memcpy(h, bytes.data(), 1024);
+    std::string e = read_with_header(path, &bytes, h);
+    if (!e.empty()) return e;
     e = header_to_config(h, c);
     if (!e.empty()) return path + ": " + e;
     size_t n = num_params_of(c), want = 1024 + 4 * n;
@@ -553,6 +561,12 @@ inline std::string write_model_file(const std::string &path, const Config *c, co
     return write_file_atomic(path, {{h, sizeof h}, {params, 4 * num_params_of(c)}});
 }
 
+// For the command-line tools: the model file, or an error naming the problem.
+inline void read_model_or_die(const std::string &path, Config *c, float **params) {
+    std::string e = read_model_file(path, c, params);
+    if (!e.empty()) die("%s", e.c_str());
+}
+
 // Debug state (DESIGN section 7): inputs, targets, logits, loss, gradients.
 struct DebugState {
     int B, T, vocab_size;
@@ -564,11 +578,9 @@ struct DebugState {
 
 inline std::string read_debug_state(const std::string &path, DebugState *s) {
     std::vector<char> bytes;
-    std::string e = read_file(path, &bytes);
-    if (!e.empty()) return e;
-    if (bytes.size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes.size());
     int32_t h[256];
-    memcpy(h, bytes.data(), 1024);
+    std::string e = read_with_header(path, &bytes, h);
+    if (!e.empty()) return e;
     if (h[0] != STATE_MAGIC) return strf("%s: bad magic %d (expected %d): not a debug-state file", path.c_str(), h[0], STATE_MAGIC);
     if (h[1] != 1) return strf("%s: unsupported version %d", path.c_str(), h[1]);
     if (h[2] < 1 || h[3] < 1 || h[4] < 1 || h[5] < 1 || (int64_t)h[2] * h[3] > (1 << 24) || h[4] > (1 << 20))
@@ -649,6 +661,7 @@ void model_init(Model *m, const Config *c, float *params /* owned; nullptr = zer
 void model_alloc_acts(Model *m, int B, int T, bool keep_steps = false);
 void model_free(Model *m);
 void model_random_init(Model *m, uint64_t seed);
+float *random_params(const Config *c, uint64_t seed);  // a fresh model's flat buffer (malloc'ed)
 void init_layer_mixer(Model *m, int l, Rng *rng);  // fresh token-mixing weights of layer l
 // forward over B x T tokens (host arrays); targets may be nullptr (no loss);
 // state, when given, is the recurrent state to start from and is updated to the end.

@@ -1046,6 +1046,16 @@ void model_random_init(Model *m, uint64_t seed) {
     if (!c->tied) normal(m->w.lm_head, (size_t)c->vocab_size * D, 0.02f);
 }
 
+float *random_params(const Config *c, uint64_t seed) {
+    Model m;
+    model_init(&m, c, nullptr);
+    model_random_init(&m, seed);
+    float *p = m.params;
+    m.params = nullptr;
+    model_free(&m);
+    return p;
+}
+
 // recurrent state for generation
 size_t state_floats(const Config *c, int l, int B) {
     if (c->family == FAMILY_GLA) return (size_t)B * c->key_dim * c->value_dim / c->n_head[l];

@@ -50,7 +50,7 @@ static void usage() {
     printf(
         "usage: ./train [flags]\n"
         "model:\n"
-        "  --preset NAME        tiny-gla (default), tiny-mamba2, gla-small, mamba2-small, gla-1.3b, mamba2-1.3b,\n"
+        "  --preset NAME        tiny-mamba2 (default), tiny-gla, gla-small, mamba2-small, gla-1.3b, mamba2-1.3b,\n"
         "                       and the experiment's exp-gla, exp-mamba2\n"
         "  --family gla|mamba2  --d-model N  --n-layer N  --untied\n"
         "  GLA:    --key-dim N --value-dim N --heads N --gate-rank N --mlp-hidden N\n"
@@ -205,14 +205,6 @@ static const float *host_params(Model *m, std::vector<float> *buf) {
     return buf->data();
 }
 
-// ----------------------------------------------------------------------------
-// reading models
-
-static void load_model_or_die(const std::string &path, Config *c, float **params) {
-    std::string e = read_model_file(path, c, params);
-    if (!e.empty()) die("%s", e.c_str());
-}
-
 static double peak_rss_mb() {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -226,7 +218,7 @@ static int run_debug_state(const Options *o) {
     if (o->init.empty() || o->dump_state.empty()) die("--debug-state needs --init MODEL and --dump-state OUT");
     Config c;
     float *params;
-    load_model_or_die(o->init, &c, &params);
+    read_model_or_die(o->init, &c, &params);
     DebugState s;
     std::string e = read_debug_state(o->debug_state, &s);
     if (!e.empty()) die("%s", e.c_str());
@@ -306,12 +298,10 @@ static int run_bench(const Options *o) {
         preset_config(name, &c);
         bool big = c.d_model >= 2048;
         int b = big ? 1 : B, t = big ? 2048 : T, n = big ? 1 : 20;
-        Model hm;
-        cpu::model_init(&hm, &c, nullptr);
-        cpu::model_random_init(&hm, 1);
+        float *params = cpu::random_params(&c, 1);
         Model m;
-        gpu::model_init(&m, &c, hm.params);
-        cpu::model_free(&hm);
+        gpu::model_init(&m, &c, params);
+        free(params);
         gpu::model_alloc_acts(&m, b, t);
         std::vector<int> in((size_t)b * t), tg((size_t)b * t);
         Rng rng = {7};
@@ -434,18 +424,22 @@ static void write_curve(const std::string &path, const History *h) {
 }
 
 // ----------------------------------------------------------------------------
-// the state-size table StateX prints before and after expanding
-
-static void print_state_table(const char *title, const Config *c) {
-    printf("%s: %s, %zu parameters\n", title, family_name(c->family), num_params_of(c));
-    printf("  layer  %s  state floats   state bytes\n", c->family == FAMILY_GLA ? "heads" : "    N");
-    size_t total = 0;
-    for (int l = 0; l < c->n_layer; l++) {
-        size_t s = layer_state_floats(c, l);
-        total += s;
-        printf("  %5d  %5d  %12zu  %12zu\n", l, c->family == FAMILY_GLA ? c->n_head[l] : c->d_state[l], s, 4 * s);
+// the table StateX prints: parameters and recurrent state, before and after
+static void print_expansion(const Config *a, const Config *b, const Options *o) {
+    bool gla = a->family == FAMILY_GLA;
+    size_t pa = num_params_of(a), pb = num_params_of(b), sa = 0, sb = 0;
+    printf("StateX %s on every %d%s layer of a %s model: %zu -> %zu parameters (+%zu)\n", o->expand_mode.c_str(),
+           o->expand_every, o->expand_every == 1 ? "st" : o->expand_every == 2 ? "nd" : o->expand_every == 3 ? "rd" : "th",
+           family_name(a->family), pa, pb, pb - pa);
+    printf("  layer  %-16s  %-26s  %s\n", gla ? "heads" : "state size N", "recurrent state (floats)", "bytes after");
+    for (int l = 0; l < a->n_layer; l++) {
+        size_t x = layer_state_floats(a, l), y = layer_state_floats(b, l);
+        sa += x;
+        sb += y;
+        int ka = gla ? a->n_head[l] : a->d_state[l], kb = gla ? b->n_head[l] : b->d_state[l];
+        printf("  %5d  %6d -> %-6d  %10zu -> %-12zu  %11zu%s\n", l, ka, kb, x, y, 4 * y, x != y ? "  expanded" : "");
     }
-    printf("  total         %12zu  %12zu\n", total, 4 * total);
+    printf("  total                    %10zu -> %-12zu  %11zu  (x%.2f)\n", sa, sb, 4 * sb, (double)sb / sa);
 }
 
 // ----------------------------------------------------------------------------
@@ -493,7 +487,7 @@ static int run_training(Options *o) {
     int start_step = 0;
     History history;
     if (!o->resume.empty()) {
-        load_model_or_die(o->resume, &c, &params);
+        read_model_or_die(o->resume, &c, &params);
         std::string e = read_opt_file(o->resume + ".opt", params, num_params_of(&c), &resume);
         if (!e.empty()) die("%s", e.c_str());
         start_step = resume.step;
@@ -502,7 +496,7 @@ static int run_training(Options *o) {
     } else if (!o->init.empty()) {
         if (o->config_given || !o->preset.empty())
             die("--init takes the model's sizes from its file; drop --preset and the size flags");
-        load_model_or_die(o->init, &c, &params);
+        read_model_or_die(o->init, &c, &params);
     } else {
         c = o->config;
         std::string e = config_problem(&c);
@@ -514,13 +508,12 @@ static int run_training(Options *o) {
         if (o->expand_every == 0) die("--expand needs --expand-every K");
         Config ce;
         float *pe;
-        print_state_table("before", &c);
         std::string e = cpu::expand_model(&c, params, o->expand_mode, o->expand_every, o->expand_factor, o->seed, &ce, &pe);
         if (e.size()) die("%s", e.c_str());
+        print_expansion(&c, &ce, o);
         free(params);
         c = ce;
         params = pe;
-        print_state_table("after", &c);
         if (o->steps <= 0) {
             make_parent_dir(o->out);
             e = write_model_file(o->out, &c, params);
@@ -539,15 +532,7 @@ static int run_training(Options *o) {
     if (!e.empty()) die("--val: %s", e.c_str());
 
     Model m;
-    bool fresh = o->resume.empty() && o->init.empty();
-    if (fresh) {  // initialise on the host, then move to the device
-        Model h;
-        cpu::model_init(&h, &c, nullptr);
-        cpu::model_random_init(&h, o->seed);
-        params = h.params;
-        h.params = nullptr;
-        cpu::model_free(&h);
-    }
+    if (!params) params = cpu::random_params(&c, o->seed);  // a new model: initialised on the host
     open_model(&m, &c, params, o->device);
     // learning-rate factors: frozen tensors and the expanded layers' own rate
     if (o->expand_every > 0) {
@@ -636,20 +621,20 @@ static int run_training(Options *o) {
 
 int main(int argc, char **argv) {
     Options o;
-    preset_config("tiny-gla", &o.config);  // the default model
+    preset_config("tiny-mamba2", &o.config);  // the default model
     std::vector<std::string> args(argv + 1, argv + argc);
     parse_args(args, &o);
     if (!o.resume.empty()) {
         // the stored flags of the run first, then this command line's on top
         Config c;
         float *p;
-        load_model_or_die(o.resume, &c, &p);
+        read_model_or_die(o.resume, &c, &p);
         OptState s;
         std::string e = read_opt_file(o.resume + ".opt", p, num_params_of(&c), &s);
         free(p);
         if (!e.empty()) die("%s", e.c_str());
         Options r;
-        preset_config("tiny-gla", &r.config);
+        preset_config("tiny-mamba2", &r.config);
         std::vector<std::string> all = s.flags;
         all.insert(all.end(), args.begin(), args.end());
         parse_args(all, &r);

@@ -10,7 +10,8 @@
 //     targets.
 //   - Passkey: filler text, "The pass key is DDDDD. Remember it." at a depth,
 //     then "What is the pass key? The pass key is "; the 5 digits are targets.
-//   - A training batch mixes text rows with recall rows at a given fraction.
+//   - A training batch mixes text rows with recall rows at a given fraction;
+//     an MQAR row packs instances back to back, so its targets are dense.
 #pragma once
 #include "../model.h"
 
@@ -92,32 +93,36 @@ inline std::string passkey_prompt(int length, double depth, Rng *rng, std::strin
 struct RecallMix {
     float frac = 0;          // fraction of rows that hold a recall instance
     float passkey_share = 0; // of those, the share that are passkey (the rest MQAR)
-    int mqar_min = 4, mqar_max = 32;  // pairs, drawn uniformly
+    int mqar_min = 4, mqar_max = 32;  // pairs per MQAR instance, drawn log-uniformly
     int mqar_gap_max = 0;    // filler text between pairs and queries, drawn uniformly up to this
 };
 
-// One row of T tokens: with probability mix.frac a recall instance at the
-// start followed by text, else text only. Text positions have next-byte
-// targets; in a recall instance only the answers are targets.
+// One row of T tokens: with probability mix.frac a recall row, else text.
+// A passkey row is one passkey prompt and its answer, then text; an MQAR row
+// is MQAR instances back to back (fresh keys each), so that recall targets
+// are dense; text positions have next-byte targets, and in a recall instance
+// only the answers are targets.
 inline void sample_row(const Corpus *c, const RecallMix *mix, Rng *rng, int T, int *inputs, int *targets) {
     sample_text(c, rng, T, inputs, targets);
     if (mix->frac <= 0 || rng_uniform(rng) >= mix->frac) return;
     std::vector<int> seq(T + 1);
     std::vector<char> is_target(T + 1, 0);
-    int L;
+    int L = 0;
     if (rng_uniform(rng) < mix->passkey_share) {
         std::string answer, p = passkey_prompt(std::max(64, T / 2), rng_uniform(rng), rng, &answer);
         std::string s = p + answer + ".\n";
         L = std::min((int)s.size(), T + 1);
         for (int i = 0; i < L; i++) { seq[i] = (uint8_t)s[i]; is_target[i] = i >= (int)p.size() && i < (int)p.size() + 5; }
     } else {
-        int n = mix->mqar_min + rng_int(rng, mix->mqar_max - mix->mqar_min + 1);
-        int gap = mix->mqar_gap_max > 0 ? rng_int(rng, mix->mqar_gap_max + 1) : 0;
-        gap = std::min(gap, T + 1 - 4 * std::max(1, mix->mqar_min));
-        n = std::min(n, std::min(64, (T + 1 - gap) / 4));
-        if (n < 1 || gap < 0) return;
-        size_t s0 = (size_t)(rng_u64(rng) % (c->bytes.size() - gap));
-        L = mqar_instance(n, c->bytes.data() + s0, gap, rng, seq.data(), is_target.data());
+        for (int room = T + 1; room >= 4 * mix->mqar_min; room = T + 1 - L) {  // while the smallest instance fits
+            // pairs log-uniform in [mqar_min, mqar_max]: small instances, the
+            // easiest to learn from, are as common as large ones per octave
+            double lo = log(mix->mqar_min), hi = log(mix->mqar_max + 1.0);
+            int n = std::min((int)exp(lo + (hi - lo) * rng_uniform(rng)), std::min(mix->mqar_max, room / 4));
+            int gap = std::min(mix->mqar_gap_max > 0 ? rng_int(rng, mix->mqar_gap_max + 1) : 0, room - 4 * n);
+            size_t s0 = (size_t)(rng_u64(rng) % (c->bytes.size() - gap));
+            L += mqar_instance(n, c->bytes.data() + s0, gap, rng, seq.data() + L, is_target.data() + L);
+        }
     }
     // seq[0..L) replaces the start of the row; the text after it keeps its targets
     for (int t = 0; t < T; t++) {

@@ -46,9 +46,10 @@ TEST_CASE("statex: the command line writes the same file and prints the state ta
     while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
     CHECK(pclose(p) == 0);
     CHECK(bytes_of(out) == bytes_of("tests/refdata/mamba2_small_zero_e4_every2_out.bin"));
-    CHECK(text.find("before: Mamba2, 79376 parameters") != std::string::npos);
-    CHECK(text.find("after: Mamba2, 86000 parameters") != std::string::npos);
-    CHECK(text.find("total") != std::string::npos);
+    CHECK(text.find("Mamba2 model: 79376 -> 86000 parameters (+6624)") != std::string::npos);
+    CHECK(text.find("16 -> 64") != std::string::npos);     // layer 0's N
+    CHECK(text.find("2528 -> 8960") != std::string::npos);  // and its state
+    CHECK(text.find("11488 -> 17920") != std::string::npos);  // the total
     remove(out.c_str());
 }
 

@@ -237,3 +237,18 @@ TEST_CASE("recall tasks: MQAR and passkey rows are well formed") {
     CHECK(p.find("The pass key is " + answer + ". Remember it.") != std::string::npos);
     CHECK(p.substr(p.size() - 38) == "What is the pass key? The pass key is ");
 }
+
+TEST_CASE("experiment: the --quick pipeline runs end to end and writes the results table") {
+    std::string d = tmpdir() + "/exp", out;
+    int rc = run("SEEDS=1 sh data/experiment.sh --quick " + d, &out);
+    CAPTURE(out.substr(out.size() > 3000 ? out.size() - 3000 : 0));
+    REQUIRE(rc == 0);
+    std::vector<char> md = file_bytes(d + "/results.md");
+    std::string text(md.begin(), md.end());
+    for (const char *want : {"## GLA", "## Mamba2", "| MQAR n=64 |", "| passkey 512 bytes (mean of depths) |",
+                             "| validation bits/byte |", "| recurrent state (floats) |", "| peak memory (MB) |"})
+        CHECK_MESSAGE(text.find(want) != std::string::npos, want);
+    CHECK(file_bytes(d + "/gla_mqar.png").size() > 1000);
+    CHECK(file_bytes(d + "/mamba2_passkey.png").size() > 1000);
+    run("rm -rf " + tmpdir());
+}
