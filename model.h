@@ -801,7 +801,7 @@ inline std::string write_line_chart(const std::string &path, const std::string &
                                     const std::string &ylabel, const std::vector<Series> &series, bool log_x = false,
                                     float y_lo = NAN, float y_hi = NAN) {
     Canvas cv{720, 440, std::vector<uint8_t>(720 * 440 * 3, 255)};
-    int left = 70, right = 20, top = 36, bottom = 50, pw = cv.w - left - right, ph = cv.h - top - bottom;
+    int left = 70, right = 20, top = 48, bottom = 50, pw = cv.w - left - right, ph = cv.h - top - bottom;
     double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
     auto X = [&](double x) { return log_x ? log2(std::max(x, 1e-30)) : x; };
     for (const Series &s : series)
@@ -836,13 +836,13 @@ inline std::string write_line_chart(const std::string &path, const std::string &
         for (size_t i = 0; i + 1 < s.x.size(); i++)
             if (std::isfinite(s.y[i]) && std::isfinite(s.y[i + 1]))
                 cv.line(px(s.x[i]), py(s.y[i]), px(s.x[i + 1]), py(s.y[i + 1]), s.rgb);
-    for (const Series &s : series)  // mark the points too, so single points show
-        for (size_t i = 0; i < s.x.size(); i++)
+    for (const Series &s : series)  // mark the points of short series, so single points show
+        for (size_t i = 0; s.x.size() <= 64 && i < s.x.size(); i++)
             if (std::isfinite(s.y[i]))
                 for (int d = -2; d <= 2; d++) { cv.set(px(s.x[i]) + d, py(s.y[i]), s.rgb); cv.set(px(s.x[i]), py(s.y[i]) + d, s.rgb); }
-    cv.text(left, 10, title, black);
+    cv.text(left, 8, title, black);
     cv.text(left + pw / 2 - 4 * (int)xlabel.size(), cv.h - 18, xlabel, black);
-    cv.text(4, 22, ylabel, black);
+    cv.text(8, 26, ylabel, black);
     int ly = top + 8;
     for (const Series &s : series) {  // legend, top right
         int lx = left + pw - 8 * (int)s.name.size() - 30;
