@@ -17,6 +17,7 @@ QUICK=0
 if [ "$1" = "--quick" ]; then QUICK=1; shift; fi
 OUT=${1:-out/experiment}
 mkdir -p "$OUT"
+[ -f data/train.txt ] && [ -f data/val.txt ] || sh data/prepare.sh
 
 FAMILIES=${FAMILIES:-"gla mamba2"}
 # pre-training: context 256; post-training: context 512 (longer, as in the paper)
