@@ -252,3 +252,51 @@ TEST_CASE("experiment: the --quick pipeline runs end to end and writes the resul
     CHECK(file_bytes(d + "/mamba2_passkey.png").size() > 1000);
     run("rm -rf " + tmpdir());
 }
+
+TEST_CASE("a NaN loss stops training with a clear message and keeps the last good checkpoint") {
+    std::string d = tmpdir(), out;
+    // a learning rate of 1e20 blows the weights up after the first update
+    int rc = run(std::string("./train ") + TINY_GLA + " --steps 5 --batch 2 --seq-len 16 --lr 1e20 --warmup 0 --grad-clip 0 "
+                 "--save-every 1 --quiet --out " + d + "/nan.bin", &out);
+    CAPTURE(out);
+    CHECK(rc != 0);
+    CHECK(out.find("training stopped; the last good checkpoint is " + d + "/nan.bin (step 1)") != std::string::npos);
+    Config c;
+    float *p = nullptr;
+    CHECK(read_model_file(d + "/nan.bin", &c, &p).empty());  // still a whole, readable model
+    free(p);
+    run("rm -rf " + d);
+}
+
+// Post-training options: only the expanded layers' token mixing learns, or it
+// learns at its own rate (0 here, so it must not move).
+TEST_CASE("statex post-training: --train-only-expanded and --expanded-lr-scale") {
+    std::string d = tmpdir(), out;
+    Config c, ce;
+    float *p = nullptr, *pe = nullptr;
+    REQUIRE(read_model_file("tests/refdata/mamba2_small.bin", &c, &p).empty());
+    REQUIRE(cpu::expand_model(&c, p, "grow", 2, 4, 1, &ce, &pe).empty());  // what --seed 1 expands to
+    std::vector<ParamTensor> layout = param_layout(&ce);
+    std::string base = "./train --init tests/refdata/mamba2_small.bin --expand grow --expand-every 2 --steps 3 --batch 2 "
+                       "--seq-len 32 --lr 1e-2 --warmup 0 --quiet --seed 1 --out " + d;
+    for (int only = 1; only >= 0; only--) {
+        std::string cmd = base + (only ? "/a.bin --train-only-expanded" : "/b.bin --expanded-lr-scale 0");
+        REQUIRE_MESSAGE(run(cmd, &out) == 0, out);
+        Config c2;
+        float *p2 = nullptr;
+        REQUIRE(read_model_file(d + (only ? "/a.bin" : "/b.bin"), &c2, &p2).empty());
+        int moved_expanded = 0, moved_other = 0;
+        for (const ParamTensor &t : layout) {
+            bool expanded = t.is_mixer && t.layer == 0;  // every 2nd of 2 layers: layer 0
+            bool same = memcmp(p2 + t.offset, pe + t.offset, 4 * t.size()) == 0;
+            if (!same) (expanded ? moved_expanded : moved_other)++;
+        }
+        CAPTURE(only);
+        if (only) { CHECK(moved_expanded > 0); CHECK(moved_other == 0); }
+        else { CHECK(moved_expanded == 0); CHECK(moved_other > 0); }
+        free(p2);
+    }
+    free(p);
+    free(pe);
+    run("rm -rf " + d);
+}
