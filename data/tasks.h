@@ -59,13 +59,11 @@ inline int mqar_instance(int n, const uint8_t *gap, int gap_len, Rng *rng, int *
         order[i] = i;
     }
     for (int i = n - 1; i > 0; i--) std::swap(order[i], order[rng_int(rng, i + 1)]);
-    int L = 0;
-    for (int i = 0; i < n; i++) { seq[L] = keys[i]; is_target[L++] = 0; seq[L] = vals[i]; is_target[L++] = 0; }
-    for (int i = 0; i < gap_len; i++) { seq[L] = gap[i]; is_target[L++] = 0; }
-    for (int i = 0; i < n; i++) {
-        seq[L] = keys[order[i]]; is_target[L++] = 0;
-        seq[L] = vals[order[i]]; is_target[L++] = 1;
-    }
+    int q = 2 * n + gap_len, L = q + 2 * n;  // the queries start at q
+    for (int i = 0; i < n; i++) { seq[2 * i] = keys[i]; seq[2 * i + 1] = vals[i]; }
+    for (int i = 0; i < gap_len; i++) seq[2 * n + i] = gap[i];
+    for (int i = 0; i < n; i++) { seq[q + 2 * i] = keys[order[i]]; seq[q + 2 * i + 1] = vals[order[i]]; }
+    for (int i = 0; i < L; i++) is_target[i] = i >= q && (i - q) % 2 == 1;
     return L;
 }
 
