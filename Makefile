@@ -20,7 +20,9 @@ LDLIBS   = -fopenmp -lm
 # newer GPUs can JIT it; every warning is an error.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifneq ($(NVCC),)
-  CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
+  # the toolkit root, asked of nvcc itself (it may be a wrapper script on PATH)
+  CUDA_HOME  ?= $(realpath $(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 \
+                  | sed -n 's/^\#\$$ TOP=//p'))
   NVCCFLAGS  = -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] \
                -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
   GPU_OBJ    = build/statex_cuda.o
