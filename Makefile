@@ -20,9 +20,15 @@ LDLIBS   = -fopenmp -lm
 # newer GPUs can JIT it; every warning is an error.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifneq ($(NVCC),)
-  # the toolkit root, asked of nvcc itself (it may be a wrapper script on PATH)
-  CUDA_HOME  ?= $(realpath $(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 \
+  # the toolkit root: asked of nvcc itself (it may be a wrapper script on
+  # PATH), else next to nvcc, else the default place; the first with headers
+  NVCC_TOP   := $(realpath $(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 \
                   | sed -n 's/^\#\$$ TOP=//p'))
+  CUDA_HOME  ?= $(firstword $(foreach d,$(NVCC_TOP) $(patsubst %/bin/nvcc,%,$(NVCC)) /usr/local/cuda, \
+                  $(if $(wildcard $(d)/include/cuda_runtime.h),$(d))))
+  ifeq ($(CUDA_HOME),)
+    $(error nvcc is $(NVCC), but no CUDA toolkit with include/cuda_runtime.h was found; set CUDA_HOME=...)
+  endif
   NVCCFLAGS  = -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] \
                -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
   GPU_OBJ    = build/statex_cuda.o
