@@ -108,7 +108,8 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
     MapCM dy(dout, N, OC);
     if (dinp) MapM(dinp, N, C).noalias() += dy * MapCM(w, OC, C);
     if (dw) MapM(dw, OC, C).noalias() += dy.transpose() * MapCM(inp, N, C);
-    if (dbias) Eigen::Map<Eigen::RowVectorXf>(dbias, OC) += dy.colwise().sum();
+    // the bias sum in a fixed order (Eigen's colwise().sum() may reorder it by alignment)
+    if (dbias) sum_rows_into(dbias, N, OC, [&](int i, int j) { return dout[(size_t)i * OC + j]; });
 }
 
 // residual: out = a + b (out may be a or b)
