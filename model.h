@@ -310,10 +310,11 @@ struct Acts {
     float *logits;                      // [BT, vocab]
     float *losses;                      // [BT] per-position cross-entropy (0 where ignored)
     // backward scratch, shared by all layers (sized for the largest layer)
-    float *dres, *dx1, *dx2, *dx3, *dx4, *dx5, *dx6, *dx7, *dx8, *dx9;
+    float *dres;                        // [BT, D] gradient of the residual stream
+    float *drows[9];                    // [BT, widest] each; the backward passes name their uses
     float *dlogits;                     // [BT, vocab]
-    float *scratch;                     // per-thread work space for the scans
-    size_t scratch_per_thread;
+    float *scratch;                     // work space of the scans: one slice per parallel task
+    size_t scratch_per_task;            // floats per slice (CPU: per OpenMP thread; GPU: per block)
 };
 
 // Per-thread scratch of the scans, in floats, for the largest layer: GLA's
@@ -338,7 +339,7 @@ inline size_t scan_scratch_floats(const Config *c) {
 // Lays the activations out in one buffer (two passes: sizes, then pointers).
 // Returns the total size in floats. keep_steps: also room for the per-step
 // states of the recurrent form (tests only; grows with T*state).
-inline size_t acts_layout(const Config *c, int B, int T, int n_threads, bool keep_steps, float *base, Acts *a) {
+inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, bool keep_steps, float *base, Acts *a) {
     size_t off = 0;
     auto take = [&](float **slot, size_t n) {
         if (base) *slot = base + off;
@@ -363,7 +364,7 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_threads, bool kee
             take(&L->res_mid, BT * D);
             take(&L->mlp_rstd, BT); take(&L->mlp_in, BT * D);
             take(&L->mlp_gate, BT * F); take(&L->mlp_up, BT * F); take(&L->mlp_h, BT * F);
-            size_t w = std::max(std::max(K, V), std::max(F, D));
+            size_t w = std::max(std::max(std::max(K, V), std::max(F, D)), r);  // every row gradient of the layer
             widest = std::max(widest, w);
         } else {
             size_t E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
@@ -384,11 +385,10 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_threads, bool kee
     take(&a->logits, BT * c->vocab_size); take(&a->losses, BT);
     // backward scratch: residual gradient, then nine row buffers of the widest width
     take(&a->dres, BT * D);
-    float **dx[9] = {&a->dx1, &a->dx2, &a->dx3, &a->dx4, &a->dx5, &a->dx6, &a->dx7, &a->dx8, &a->dx9};
-    for (int i = 0; i < 9; i++) take(dx[i], BT * widest);
+    for (int i = 0; i < 9; i++) take(&a->drows[i], BT * widest);
     take(&a->dlogits, BT * c->vocab_size);
-    a->scratch_per_thread = (scan_scratch_floats(c) + 15) & ~(size_t)15;
-    take(&a->scratch, a->scratch_per_thread * n_threads);
+    a->scratch_per_task = (scan_scratch_floats(c) + 15) & ~(size_t)15;
+    take(&a->scratch, a->scratch_per_task * n_tasks);
     return off;
 }
 
@@ -743,7 +743,301 @@ inline size_t memory_peak_bytes() { return 0; }
 #endif
 
 // ----------------------------------------------------------------------------
-// 7. charts: line charts as PNG (stb_image_write), for the loss curve and the
+// 7. the op table: every op, declared once, in the order the tutorial reads
+// them (statex_cpu.cpp and statex.cu define them in this same order, under the
+// same names). Each backend fills one table, cpu::ops and gpu::ops; the model
+// passes below run on either through it, and the compiler checks that every
+// op of each backend has exactly the signature declared here.
+// On the GPU every pointer is a device pointer, except crossentropy_forward's
+// n_valid and adamw_update's config, which stay on the host. The math of each
+// op is in the comment above its CPU definition. Backward ops ACCUMULATE (+=).
+struct Ops {
+    // buffers: p[0..n) = 0; and moving a recurrent state between the per-sequence
+    // layout [BH, X] (`flat`) and slot `slot` of the chunk-state layout
+    // [BH, nslot, X] (`chunked`); flat == nullptr with to_chunked writes zeros
+    void (*zero)(float *p, size_t n);
+    void (*copy_states)(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked);
+    // embedding, rmsnorm, linear layers, residual, SwiGLU (both families)
+    void (*encoder_forward)(float *out, const int *tokens, const float *embed, int BT, int D);
+    void (*encoder_backward)(float *dembed, const float *dout, const int *tokens, int BT, int D);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int D);
+    void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                             const float *rstd, int N, int D);
+    void (*matmul_forward)(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);
+    void (*matmul_backward)(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
+                            int N, int C, int OC);
+    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+    void (*swiglu_forward)(float *h, const float *g, const float *u, size_t n);
+    void (*swiglu_backward)(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
+    // GLA: forget gate, token mixing (recurrent form, then chunked form), head norm and gate
+    void (*gla_gate_forward)(float *a, const float *x, size_t n);
+    void (*gla_gate_backward)(float *dx, const float *da, const float *x, size_t n);
+    void (*gla_recurrent_forward)(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+                                  const float *a, int B, int T, int H, int K, int V);
+    void (*gla_recurrent_backward)(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+                                   const float *q, const float *k, const float *v, const float *a, int B, int T, int H,
+                                   int K, int V, float *scratch, size_t scratch_per_task);
+    void (*gla_chunk_forward)(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int B,
+                              int T, int H, int K, int V, float *scratch, size_t scratch_per_task);
+    void (*gla_chunk_backward)(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
+                               const float *q, const float *k, const float *v, const float *a, int B, int T, int H,
+                               int K, int V, float *scratch, size_t scratch_per_task);
+    void (*head_norm_gate_forward)(float *out, float *rstd, const float *o, const float *og, const float *w, int BT,
+                                   int H, int dv);
+    void (*head_norm_gate_backward)(float *do_, float *dog, float *dw, const float *dout, const float *o,
+                                    const float *og, const float *w, const float *rstd, int BT, int H, int dv);
+    // Mamba2: causal conv, dt, SSD token mixing (recurrent, then chunked), decay and skip, gated norm
+    void (*conv1d_silu_forward)(float *out, float *pre, const float *in, int in_stride, const float *w,
+                                const float *bias, float *conv_state, int B, int T, int Cc, int W);
+    void (*conv1d_silu_backward)(float *din, int din_stride, float *dw, float *dbias, const float *dout,
+                                 const float *pre, const float *in, int in_stride, const float *w, int B, int T,
+                                 int Cc, int W);
+    void (*dt_softplus_forward)(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh);
+    void (*dt_softplus_backward)(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw,
+                                 int raw_stride, const float *bias, int BT, int nh);
+    void (*ssd_recurrent_forward)(float *y, float *hs, float *h_all, const float *xbc, const float *dt,
+                                  const float *A_log, const float *Dskip, int B, int T, int nh, int P, int N);
+    void (*ssd_recurrent_backward)(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
+                                   const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B,
+                                   int T, int nh, int P, int N, float *scratch, size_t scratch_per_task);
+    void (*ssd_chunk_forward)(float *y, float *hs, const float *xbc, const float *dt, const float *A_log,
+                              const float *Dskip, int B, int T, int nh, int P, int N, float *scratch,
+                              size_t scratch_per_task);
+    void (*ssd_chunk_backward)(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
+                               const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B, int T,
+                               int nh, int P, int N, float *scratch, size_t scratch_per_task);
+    void (*ssd_decay_backward)(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy,
+                               const float *xbc, const float *dt, const float *A_log, int BT, int nh, int P, int N);
+    void (*gated_rmsnorm_forward)(float *out, float *rstd, const float *y, const float *z, int z_stride,
+                                  const float *w, int BT, int E);
+    void (*gated_rmsnorm_backward)(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y,
+                                   const float *z, int z_stride, const float *w, const float *rstd, int BT, int E);
+    // the loss and the optimizer
+    float (*crossentropy_forward)(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V);
+    void (*crossentropy_backward)(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss);
+    void (*adamw_update)(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale,
+                         float wd, int step, const AdamWConfig *o);
+};
+namespace cpu { extern const Ops ops; }  // statex_cpu.cpp
+namespace gpu { extern const Ops ops; }  // statex.cu (only in a CUDA build)
+
+// ----------------------------------------------------------------------------
+// 8. the model passes, written once for both backends: each layer is a list of
+// op calls through the table `op`. cpu::model_forward and gpu::model_forward
+// only put the tokens where their ops can read them and call these.
+
+// What a forward over B x T tokens needs of the model; "" when it fits.
+inline std::string forward_problem(const Model *m, int B, int T, const RecState *state) {
+    if (B < 1 || T < 1) return strf("batch %d x %d is empty", B, T);
+    if ((size_t)B * T > (size_t)m->B * m->T || T > m->T || B > m->B)
+        return strf("%d x %d tokens exceed the activations allocated for %d x %d", B, T, m->B, m->T);
+    if (m->mixer_form == MIX_RECURRENT && m->keep_steps && T != m->T) return strf("keep_steps needs T == %d", m->T);
+    if (state && state->B != B) return strf("the recurrent state holds %d sequences, the batch %d", state->B, B);
+    return "";
+}
+
+// GLA block: x += attn(rmsnorm(x) * attn_norm); x += mlp(rmsnorm(x) * mlp_norm)
+inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dk = K / H, dv = V / H;
+    size_t X = (size_t)dk * dv;  // one head's state
+    op->rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
+    op->matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
+    op->matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
+    op->matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
+    op->matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
+    op->matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
+    op->matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
+    op->gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, GLA_CHUNK);
+        op->copy_states(A->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
+        op->gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch,
+                              m->acts.scratch_per_task);
+        if (st) op->copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
+        if (!st) op->zero(run, (size_t)B * H * X);
+        op->gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
+    }
+    op->head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
+    op->matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
+    op->residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
+    op->rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
+    op->matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
+    op->matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
+    op->swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    op->matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
+    op->residual_forward(out, out, A->res_mid, (size_t)BT * D);
+}
+
+// Mamba2 block: x += mixer(rmsnorm(x) * norm). The recurrent state of a layer
+// is the SSM state [B, nh, P, N] followed by the conv window [B, W-1, Cc].
+inline void mamba2_layer_forward(const Ops *op, Model *m, int l, int B, int T, float *out, RecState *st) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    size_t X = (size_t)P * N;  // one head's state
+    float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
+    op->rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
+    op->matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
+    op->conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
+    op->dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    if (m->mixer_form == MIX_CHUNKED) {
+        int nc = n_chunks(T, SSD_CHUNK);
+        op->copy_states(A->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
+        op->ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch,
+                              m->acts.scratch_per_task);
+        if (st) op->copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
+    } else {
+        float *run = st ? st->layer[l] : A->h;  // A->h is free scratch in this form
+        if (!st) op->zero(run, (size_t)B * nh * X);
+        op->ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
+    }
+    op->gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
+    op->matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
+    op->residual_forward(out, out, A->res, (size_t)BT * D);
+}
+
+// The whole forward. tokens, targets: in the backend's memory (targets may be
+// nullptr: no loss). The caller has checked forward_problem.
+inline void model_forward_pass(const Ops *op, Model *m, const int *tokens, const int *targets, int B, int T,
+                               RecState *state) {
+    const Config *c = &m->config;
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model;
+    op->encoder_forward(a->layer[0].res, tokens, m->w.embed, BT, D);
+    for (int l = 0; l < c->n_layer; l++) {
+        float *out = l + 1 < c->n_layer ? a->layer[l + 1].res : a->res_final;
+        if (c->family == FAMILY_GLA) gla_layer_forward(op, m, l, B, T, out, state);
+        else mamba2_layer_forward(op, m, l, B, T, out, state);
+    }
+    op->rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
+    op->matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+    m->cur_B = B;
+    m->cur_T = T;
+    m->n_targets = 0;
+    m->loss = targets ? op->crossentropy_forward(a->losses, &m->n_targets, a->logits, targets, BT, c->vocab_size) : 0.0f;
+}
+
+// The backward passes walk the same ops in reverse. a->dres carries the
+// gradient of the residual stream from layer to layer; the nine row buffers
+// a->drows[] are reused by every layer under the names given at the top of
+// each function (a buffer's name says what gradient it holds at that point).
+inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
+    int H = c->n_head[l], dv = V / H;
+    float **d = a->drows;
+    // the MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
+    float *dmlp_h = d[0], *dmlp_gate = d[1], *dmlp_up = d[2], *dmlp_in = d[3];  // [BT, F] x 3, [BT, D]
+    op->zero(dmlp_h, (size_t)BT * F); op->zero(dmlp_gate, (size_t)BT * F); op->zero(dmlp_up, (size_t)BT * F);
+    op->zero(dmlp_in, (size_t)BT * D);
+    op->matmul_backward(dmlp_h, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
+    op->swiglu_backward(dmlp_gate, dmlp_up, dmlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
+    op->matmul_backward(dmlp_in, G->gate_proj, nullptr, dmlp_gate, A->mlp_in, W->gate_proj, BT, D, F);
+    op->matmul_backward(dmlp_in, G->up_proj, nullptr, dmlp_up, A->mlp_in, W->up_proj, BT, D, F);
+    op->rmsnorm_backward(a->dres, G->mlp_norm, dmlp_in, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);  // now d res_mid
+    // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate), og))
+    float *do_out = d[0], *do_raw = d[1], *dog = d[2];          // [BT, V]: d o_out, d o (scan output), d og
+    float *dq = d[3], *dk = d[4], *dv_ = d[5], *dgate = d[6];   // [BT, K], [BT, K], [BT, V], [BT, K]
+    float *dgk_pre = d[7], *dgk_low = d[8], *dattn_in = d[0];  // [BT, K], [BT, r], [BT, D] (do_out is spent by then)
+    op->zero(do_out, (size_t)BT * V); op->zero(do_raw, (size_t)BT * V); op->zero(dog, (size_t)BT * V);
+    op->matmul_backward(do_out, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
+    op->head_norm_gate_backward(do_raw, dog, G->g_norm, do_out, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
+    op->zero(dq, (size_t)BT * K); op->zero(dk, (size_t)BT * K); op->zero(dv_, (size_t)BT * V); op->zero(dgate, (size_t)BT * K);
+    if (m->mixer_form == MIX_CHUNKED)
+        op->gla_chunk_backward(dq, dk, dv_, dgate, do_raw, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, a->scratch,
+                               a->scratch_per_task);
+    else
+        op->gla_recurrent_backward(dq, dk, dv_, dgate, do_raw, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+                                   a->scratch, a->scratch_per_task);
+    op->zero(dgk_pre, (size_t)BT * K); op->zero(dgk_low, (size_t)BT * r); op->zero(dattn_in, (size_t)BT * D);
+    op->gla_gate_backward(dgk_pre, dgate, A->gk_pre, (size_t)BT * K);
+    op->matmul_backward(dgk_low, G->gk_proj1, G->gk_bias, dgk_pre, A->gk_low, W->gk_proj1, BT, r, K);
+    op->matmul_backward(dattn_in, G->gk_proj0, nullptr, dgk_low, A->attn_in, W->gk_proj0, BT, D, r);
+    op->matmul_backward(dattn_in, G->q_proj, nullptr, dq, A->attn_in, W->q_proj, BT, D, K);
+    op->matmul_backward(dattn_in, G->k_proj, nullptr, dk, A->attn_in, W->k_proj, BT, D, K);
+    op->matmul_backward(dattn_in, G->v_proj, nullptr, dv_, A->attn_in, W->v_proj, BT, D, V);
+    op->matmul_backward(dattn_in, G->g_proj, nullptr, dog, A->attn_in, W->g_proj, BT, D, V);
+    op->rmsnorm_backward(a->dres, G->attn_norm, dattn_in, A->res, W->attn_norm, A->attn_rstd, BT, D);  // now d res
+}
+
+inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
+    const Config *c = &m->config;
+    const LayerWeights *W = &m->w.layer[l];
+    LayerWeights *G = &m->g.layer[l];
+    LayerActs *A = &m->acts.layer[l];
+    Acts *a = &m->acts;
+    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
+    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
+    float **d = a->drows;
+    float *dy_out = d[0], *dy = d[1];              // [BT, E]: d of the gated norm's output, d of the SSD output y
+    float *dzxbcdt = d[2], *dxbc = d[3];           // [BT, Din]: d in_proj output; [BT, Cc]: d conv output
+    float *ddt = d[4], *dlda = d[5];               // [BT, nh]: d dt, d of the log decay dt A
+    float *dnorm_out = d[6];                       // [BT, D]
+    op->zero(dy_out, (size_t)BT * E); op->zero(dy, (size_t)BT * E); op->zero(dzxbcdt, (size_t)BT * Din);
+    op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh); op->zero(dlda, (size_t)BT * nh);
+    op->zero(dnorm_out, (size_t)BT * D);
+    op->matmul_backward(dy_out, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
+    op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
+    if (m->mixer_form == MIX_CHUNKED)
+        op->ssd_chunk_backward(dxbc, ddt, dlda, dy, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, a->scratch,
+                               a->scratch_per_task);
+    else
+        op->ssd_recurrent_backward(dxbc, ddt, dlda, dy, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+                                   a->scratch, a->scratch_per_task);
+    op->ssd_decay_backward(ddt, G->A_log, G->D, dlda, dy, A->xbc, A->dt, W->A_log, BT, nh, P, N);
+    op->dt_softplus_backward(dzxbcdt + E + Cc, Din, G->dt_bias, ddt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    op->conv1d_silu_backward(dzxbcdt + E, Din, G->conv_w, G->conv_b, dxbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w,
+                             B, T, Cc, c->d_conv);
+    op->matmul_backward(dnorm_out, G->in_proj, nullptr, dzxbcdt, A->norm_out, W->in_proj, BT, D, Din);
+    op->rmsnorm_backward(a->dres, G->norm, dnorm_out, A->res, W->norm, A->norm_rstd, BT, D);  // now d res
+}
+
+// The whole backward of the last forward; accumulates into m->grads.
+// tokens, targets: the last forward's, in the backend's memory.
+inline void model_backward_pass(const Ops *op, Model *m, const int *tokens, const int *targets) {
+    const Config *c = &m->config;
+    Acts *a = &m->acts;
+    int B = m->cur_B, T = m->cur_T, BT = B * T, D = c->d_model;
+    // loss -> logits -> final norm
+    float *dfinal_out = a->drows[0];  // [BT, D]
+    op->zero(a->dlogits, (size_t)BT * c->vocab_size);
+    if (m->n_targets > 0) op->crossentropy_backward(a->dlogits, a->logits, targets, BT, c->vocab_size, 1.0f / m->n_targets);
+    op->zero(dfinal_out, (size_t)BT * D);
+    op->zero(a->dres, (size_t)BT * D);
+    op->matmul_backward(dfinal_out, m->g.lm_head, nullptr, a->dlogits, a->final_out, m->w.lm_head, BT, D, c->vocab_size);
+    op->rmsnorm_backward(a->dres, m->g.norm_w, dfinal_out, a->res_final, m->w.norm_w, a->final_rstd, BT, D);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        if (c->family == FAMILY_GLA) gla_layer_backward(op, m, l, B, T);
+        else mamba2_layer_backward(op, m, l, B, T);
+    }
+    op->encoder_backward(m->g.embed, a->dres, tokens, BT, D);
+}
+
+// One AdamW step on the trainable tensors (lr_scale 0 = frozen), weight decay
+// on the matrices only.
+inline void model_update_pass(const Ops *op, Model *m, float lr, float grad_scale, int step, const AdamWConfig *opt) {
+    for (size_t t = 0; t < m->tensors.size(); t++) {
+        const ParamTensor &pt = m->tensors[t];
+        if (m->lr_scale[t] == 0.0f) continue;
+        op->adamw_update(m->params + pt.offset, m->grads + pt.offset, m->adam_m + pt.offset, m->adam_v + pt.offset,
+                         pt.size(), lr * m->lr_scale[t], grad_scale, pt.is_matrix ? opt->weight_decay : 0.0f, step, opt);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 9. charts: line charts as PNG (stb_image_write), for the loss curve and the
 // recall results. Labels use a 3x5 pixel font of upper-case letters, digits
 // and a few signs, drawn at twice the size.
 #ifndef __CUDACC__

@@ -70,7 +70,6 @@ static void gpu_free(void *p) {
     if (it != mem_sizes.end()) { mem_now -= it->second; mem_sizes.erase(it); }
     cudaCheck(cudaFree(p));
 }
-static void zero(float *p, size_t n) { cudaCheck(cudaMemset(p, 0, n * sizeof(float))); }
 
 #define BLOCK 256                 // threads per block of the elementwise and row kernels
 #define ROWS_PER_BLOCK (BLOCK / 32)  // one warp per row
@@ -122,6 +121,23 @@ __device__ float column_sum(float partial) {
 }
 
 // ----------------------------------------------------------------------------
+// buffers: zero n floats; move recurrent states between the per-sequence
+// layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
+// (flat == nullptr with to_chunked: zeros, a fresh start)
+
+static void zero(float *p, size_t n) { cudaCheck(cudaMemset(p, 0, n * sizeof(float))); }
+__global__ void copy_states_kernel(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)BH * X) return;
+    float *c = chunked + ((i / X) * nslot + slot) * X + i % X;
+    if (to_chunked) *c = flat ? flat[i] : 0.0f;
+    else flat[i] = *c;
+}
+static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    copy_states_kernel<<<blocks_for((size_t)BH * X, BLOCK), BLOCK>>>(chunked, nslot, slot, flat, BH, X, to_chunked); launchCheck();
+}
+
+// ----------------------------------------------------------------------------
 // embedding: out[t] = embed[token[t]];  backward dembed[token[t]] += dout[t]
 // (atomics: two tokens may share a row)
 
@@ -130,7 +146,7 @@ __global__ void encoder_forward_kernel(float *out, const int *tokens, const floa
     if (i >= (size_t)BT * D) return;
     out[i] = embed[(size_t)tokens[i / D] * D + i % D];
 }
-void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
+static void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
     encoder_forward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(out, tokens, embed, BT, D); launchCheck();
 }
 __global__ void encoder_backward_kernel(float *dembed, const float *dout, const int *tokens, int BT, int D) {
@@ -138,7 +154,7 @@ __global__ void encoder_backward_kernel(float *dembed, const float *dout, const 
     if (i >= (size_t)BT * D) return;
     atomicAdd(&dembed[(size_t)tokens[i / D] * D + i % D], dout[i]);
 }
-void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
+static void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
     encoder_backward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(dembed, dout, tokens, BT, D); launchCheck();
 }
 
@@ -157,7 +173,7 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp
     if (lane == 0) rstd[row] = r;
     for (int j = lane; j < D; j += 32) y[j] = x[j] * r * w[j];
 }
-void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
     rmsnorm_forward_kernel<<<blocks_for(N, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, inp, w, N, D); launchCheck();
 }
 
@@ -179,7 +195,7 @@ rmsnorm_dw_kernel(float *dw, const float *dout, const float *inp, const float *r
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < D) dw[j] += total;
 }
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
+static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
     rmsnorm_backward_kernel<<<blocks_for(N, ROWS_PER_BLOCK), BLOCK>>>(dinp, dout, inp, w, rstd, N, D); launchCheck();
     rmsnorm_dw_kernel<<<blocks_for(D, 32), COLSUM_THREADS>>>(dw, dout, inp, rstd, N, D); launchCheck();
 }
@@ -194,7 +210,7 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (size_t)N * OC) out[i] += bias[i % OC];
 }
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
     const float one = 1.0f, nothing = 0.0f;
     cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, C, inp, C, &nothing, out, OC));
     if (bias) {
@@ -210,7 +226,7 @@ __global__ void __launch_bounds__(1024) column_sums_kernel(float *dst, const flo
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < cols) dst[j] += total;
 }
-void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
+static void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
     const float one = 1.0f;
     if (dinp) cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one, dinp, C));
     if (dw) cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dw, C));
@@ -224,7 +240,7 @@ __global__ void residual_forward_kernel(float *out, const float *a, const float 
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = a[i] + b[i];
 }
-void residual_forward(float *out, const float *a, const float *b, size_t n) {
+static void residual_forward(float *out, const float *a, const float *b, size_t n) {
     residual_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(out, a, b, n); launchCheck();
 }
 
@@ -235,7 +251,7 @@ __global__ void swiglu_forward_kernel(float *h, const float *g, const float *u, 
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) h[i] = silu(g[i]) * u[i];
 }
-void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
     swiglu_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(h, g, u, n); launchCheck();
 }
 __global__ void swiglu_backward_kernel(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
@@ -244,7 +260,7 @@ __global__ void swiglu_backward_kernel(float *dg, float *du, const float *dh, co
     dg[i] += dh[i] * u[i] * silu_grad(g[i]);
     du[i] += dh[i] * silu(g[i]);
 }
-void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     swiglu_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dg, du, dh, g, u, n); launchCheck();
 }
 
@@ -256,14 +272,14 @@ __global__ void gla_gate_forward_kernel(float *a, const float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) a[i] = (fminf(x[i], 0.0f) - log1pf(expf(-fabsf(x[i])))) / 16.0f;
 }
-void gla_gate_forward(float *a, const float *x, size_t n) {
+static void gla_gate_forward(float *a, const float *x, size_t n) {
     gla_gate_forward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(a, x, n); launchCheck();
 }
 __global__ void gla_gate_backward_kernel(float *dx, const float *da, const float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dx[i] += da[i] * sigmoid(-x[i]) / 16.0f;
 }
-void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
+static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
     gla_gate_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dx, da, x, n); launchCheck();
 }
 
@@ -297,7 +313,7 @@ gla_recurrent_forward_kernel(float *o, float *S, float *S_all, const float *q, c
         o[row * V + h * hv + j] = acc;
     }
 }
-void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+static void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
                            const float *a, int B, int T, int H, int K, int V) {
     dim3 grid(B * H, blocks_for(V / H, GLA_REC_THREADS));
     gla_recurrent_forward_kernel<<<grid, GLA_REC_THREADS>>>(o, S, S_all, q, k, v, a, T, H, K, V); launchCheck();
@@ -311,12 +327,12 @@ void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, con
 __global__ void __launch_bounds__(GLA_REC_THREADS)
 gla_recurrent_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                               const float *q, const float *k, const float *v, const float *a, int T, int H, int K, int V,
-                              float *scratch, size_t scratch_per_thread) {
+                              float *scratch, size_t scratch_per_task) {
     int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H;
     int j = blockIdx.y * blockDim.x + threadIdx.x;
     if (j >= hv) return;
     float scale = 1.0f / sqrtf((float)hk);
-    float *dS = scratch + (size_t)bh * scratch_per_thread;  // [hk, hv]
+    float *dS = scratch + (size_t)bh * scratch_per_task;  // [hk, hv]
     for (int i = 0; i < hk; i++) dS[(size_t)i * hv + j] = 0;
     for (int t = T - 1; t >= 0; t--) {
         size_t row = (size_t)b * T + t, kof = row * K + h * hk;
@@ -334,12 +350,12 @@ gla_recurrent_backward_kernel(float *dq, float *dk, float *dv, float *da, const 
         dv[row * V + h * hv + j] += dvj;
     }
 }
-void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                             const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
-                            float *scratch, size_t scratch_per_thread) {
+                            float *scratch, size_t scratch_per_task) {
     dim3 grid(B * H, blocks_for(V / H, GLA_REC_THREADS));
     gla_recurrent_backward_kernel<<<grid, GLA_REC_THREADS>>>(dq, dk, dv, da, dout, S_all, q, k, v, a, T, H, K, V,
-                                                             scratch, scratch_per_thread);
+                                                             scratch, scratch_per_task);
     launchCheck();
 }
 
@@ -438,13 +454,13 @@ __device__ void gla_chunk_prepare(float A_sh[GLA_CHUNK][GLA_CHUNK], GlaWork w, c
 
 __global__ void __launch_bounds__(GLA_THREADS)
 gla_chunk_forward_kernel(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int T, int H,
-                         int K, int V, float *scratch, size_t scratch_per_thread) {
+                         int K, int V, float *scratch, size_t scratch_per_task) {
     const int C = GLA_CHUNK, nc = (T + C - 1) / C;
     __shared__ float A_sh[C][C];
     __shared__ float qe_sh[C][GLA_TILE], kd_sh[C][GLA_TILE], dl_sh[GLA_TILE];
     int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x;
     float scale = 1.0f / sqrtf((float)hk);
-    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_thread, hk);
+    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_task, hk);
     float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
     for (int c = 0; c < nc; c++) {
         size_t row0 = (size_t)b * T + (size_t)c * C;
@@ -492,9 +508,9 @@ gla_chunk_forward_kernel(float *o, float *S, const float *q, const float *k, con
         }
     }
 }
-void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
-                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_thread) {
-    gla_chunk_forward_kernel<<<B * H, GLA_THREADS>>>(o, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread); launchCheck();
+static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
+                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_task) {
+    gla_chunk_forward_kernel<<<B * H, GLA_THREADS>>>(o, S, q, k, v, a, T, H, K, V, scratch, scratch_per_task); launchCheck();
 }
 
 // Backward of the chunked form, chunks in reverse carrying dS (the gradient of
@@ -516,7 +532,7 @@ void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const
 __global__ void __launch_bounds__(GLA_THREADS)
 gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S, const float *q,
                           const float *k, const float *v, const float *a, int T, int H, int K, int V, float *scratch,
-                          size_t scratch_per_thread) {
+                          size_t scratch_per_task) {
     const int C = GLA_CHUNK, TL = GLA_TILE, nc = (T + C - 1) / C;
     __shared__ float A_sh[C][C], dA_sh[C][C];
     __shared__ float do_sh[C][TL + 1], v_sh[C][TL + 1];           // do_t[j], v_s[j] for a tile of j
@@ -525,7 +541,7 @@ gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const floa
     __shared__ float accq_sh[C][TL], acck_sh[C][TL];              // S_in do_t and dS v_s for a tile of i
     int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x, nt = blockDim.x;
     float scale = 1.0f / sqrtf((float)hk);
-    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_thread, hk);
+    GlaWork w = gla_work(scratch + (size_t)bh * scratch_per_task, hk);
     const float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
     for (size_t e = tid; e < (size_t)hk * hv; e += nt) w.dS[e] = 0;
     for (int i = tid; i < hk; i += nt) w.run[i] = 0;
@@ -665,10 +681,10 @@ gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const floa
         }
     }
 }
-void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
+static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
                         const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
-                        float *scratch, size_t scratch_per_thread) {
-    gla_chunk_backward_kernel<<<B * H, GLA_THREADS>>>(dq, dk, dv, da, dout, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread);
+                        float *scratch, size_t scratch_per_task) {
+    gla_chunk_backward_kernel<<<B * H, GLA_THREADS>>>(dq, dk, dv, da, dout, S, q, k, v, a, T, H, K, V, scratch, scratch_per_task);
     launchCheck();
 }
 
@@ -688,7 +704,7 @@ __global__ void head_norm_gate_forward_kernel(float *out, float *rstd, const flo
     if (lane == 0) rstd[r] = rs;
     for (int j = lane; j < dv; j += 32) out[off + j] = o[off + j] * rs * w[j] * silu(og[off + j]);
 }
-void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
+static void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
     head_norm_gate_forward_kernel<<<blocks_for((size_t)BT * H, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, o, og, w, BT * H, dv); launchCheck();
 }
 
@@ -719,7 +735,7 @@ head_norm_gate_dw_kernel(float *dw, const float *dout, const float *o, const flo
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < dv) dw[j] += total;
 }
-void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
+static void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
                              const float *w, const float *rstd, int BT, int H, int dv) {
     head_norm_gate_backward_kernel<<<blocks_for((size_t)BT * H, ROWS_PER_BLOCK), BLOCK>>>(do_, dog, dout, o, og, w, rstd, BT * H, dv);
     launchCheck();
@@ -754,7 +770,7 @@ __global__ void conv_state_update_kernel(float *conv_state, const float *in, int
     for (int s = 0; s < W - 1; s++)
         conv_state[((size_t)b * (W - 1) + s) * Cc + c] = conv_input(in, in_stride, conv_state, b, T, T - (W - 1) + s, c, Cc, W);
 }
-void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
+static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     conv1d_silu_forward_kernel<<<blocks_for((size_t)B * T * Cc, BLOCK), BLOCK>>>(out, pre, in, in_stride, w, bias, conv_state, B, T, Cc, W);
     launchCheck();
@@ -797,7 +813,7 @@ conv1d_dw_kernel(float *dw, float *dbias, const float *dout, const float *pre, c
     if (j == W) dbias[c] += total;
     else dw[c * W + j] += total;
 }
-void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
+static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
     conv1d_din_kernel<<<blocks_for((size_t)B * T * Cc, BLOCK), BLOCK>>>(din, din_stride, dout, pre, w, B, T, Cc, W); launchCheck();
     conv1d_dw_kernel<<<blocks_for((size_t)Cc * (W + 1), 32), COLSUM_THREADS>>>(dw, dbias, dout, pre, in, in_stride, B, T, Cc, W);
@@ -814,7 +830,7 @@ __global__ void dt_softplus_forward_kernel(float *dt, const float *raw, int raw_
     int r = i / nh, h = i % nh;
     dt[i] = softplus(raw[(size_t)r * raw_stride + h] + bias[h]);
 }
-void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
+static void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
     dt_softplus_forward_kernel<<<blocks_for((size_t)BT * nh, BLOCK), BLOCK>>>(dt, raw, raw_stride, bias, BT, nh); launchCheck();
 }
 __global__ void dt_softplus_draw_kernel(float *draw, int draw_stride, const float *ddt, const float *raw, int raw_stride,
@@ -834,7 +850,7 @@ dt_softplus_dbias_kernel(float *dbias, const float *ddt, const float *raw, int r
     float total = column_sum(acc);
     if (threadIdx.y == 0 && h < nh) dbias[h] += total;
 }
-void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
+static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
                           const float *bias, int BT, int nh) {
     dt_softplus_draw_kernel<<<blocks_for((size_t)BT * nh, BLOCK), BLOCK>>>(draw, draw_stride, ddt, raw, raw_stride, bias, BT, nh);
     launchCheck();
@@ -878,7 +894,7 @@ ssd_recurrent_forward_kernel(float *y, float *hs, float *h_all, const float *xbc
         }
     }
 }
-void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
+static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     ssd_recurrent_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, h_all, xbc, dt, A_log, Dskip, T, nh, P, N); launchCheck();
 }
@@ -891,11 +907,11 @@ void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, 
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_recurrent_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all, const float *xbc,
                               const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
-                              float *scratch, size_t scratch_per_thread) {
+                              float *scratch, size_t scratch_per_task) {
     int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
     float A = -expf(A_log[h]);
-    float *dh = scratch + (size_t)bh * scratch_per_thread;  // [P, N]; each warp only touches its own rows
+    float *dh = scratch + (size_t)bh * scratch_per_task;  // [P, N]; each warp only touches its own rows
     for (int p = warp; p < P; p += nwarps)
         for (int n = lane; n < N; n += 32) dh[(size_t)p * N + n] = 0;
     for (int t = T - 1; t >= 0; t--) {
@@ -925,11 +941,11 @@ ssd_recurrent_backward_kernel(float *dxbc, float *ddt, float *dlda, const float 
         }
     }
 }
-void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
+static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     ssd_recurrent_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, h_all, xbc, dt, A_log, Dskip, T, nh, P, N,
-                                                           scratch, scratch_per_thread);
+                                                           scratch, scratch_per_task);
     launchCheck();
 }
 
@@ -1040,9 +1056,9 @@ ssd_chunk_forward_kernel(float *y, float *hs, const float *xbc, const float *dt,
         }
     }
 }
-void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
-    (void)scratch; (void)scratch_per_thread;  // the forward needs no global work space
+static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
+    (void)scratch; (void)scratch_per_task;  // the forward needs no global work space
     ssd_chunk_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, xbc, dt, A_log, Dskip, T, nh, P, N); launchCheck();
 }
 
@@ -1062,7 +1078,7 @@ void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, c
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
                           const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
-                          float *scratch, size_t scratch_per_thread) {
+                          float *scratch, size_t scratch_per_task) {
     const int C = SSD_CHUNK, nc = (T + C - 1) / C;
     __shared__ SsdDecay dc;
     __shared__ float dcum_sh[C], CB_sh[C][C], G_sh[C][C];
@@ -1070,7 +1086,7 @@ ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy,
     int warp = tid / 32, lane = tid % 32, nwarps = SSD_THREADS / 32;
     float A = -expf(A_log[h]), acc[16], run = 0;  // run: thread 0's reverse running sum
     const float *Hbh = hs + (size_t)bh * (nc + 1) * P * N;
-    float *dH = scratch + (size_t)bh * scratch_per_thread;  // [P, N]
+    float *dH = scratch + (size_t)bh * scratch_per_task;  // [P, N]
     float *dv = dH + (size_t)P * N, *dBh = dv + C * P, *dCh = dBh + C * N;  // [C, P], [C, N], [C, N]
     for (int e = tid; e < P * N; e += SSD_THREADS) dH[e] = 0;
     for (int c = nc - 1; c >= 0; c--) {
@@ -1158,11 +1174,11 @@ ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy,
             }
     }
 }
-void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
+static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                         const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N,
-                                                       scratch, scratch_per_thread);
+                                                       scratch, scratch_per_task);
     launchCheck();
 }
 
@@ -1191,7 +1207,7 @@ ssd_decay_backward_kernel(float *ddt, float *dA_log, float *dD, const float *dld
         dD[h] += sd;
     }
 }
-void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
+static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
                         const float *dt, const float *A_log, int BT, int nh, int P, int N) {
     ssd_decay_backward_kernel<<<blocks_for(nh, 32), COLSUM_THREADS>>>(ddt, dA_log, dD, dlda, dy, xbc, dt, A_log, BT, nh, P, N);
     launchCheck();
@@ -1216,7 +1232,7 @@ __global__ void gated_rmsnorm_forward_kernel(float *out, float *rstd, const floa
     if (lane == 0) rstd[r] = rs;
     for (int j = lane; j < E; j += 32) o[j] = o[j] * rs * w[j];
 }
-void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
+static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
     gated_rmsnorm_forward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(out, rstd, y, z, z_stride, w, BT, E); launchCheck();
 }
 
@@ -1245,7 +1261,7 @@ gated_rmsnorm_dw_kernel(float *dw, const float *dout, const float *y, const floa
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < E) dw[j] += total;
 }
-void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
+static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
                             int z_stride, const float *w, const float *rstd, int BT, int E) {
     gated_rmsnorm_backward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(dy, dz, dz_stride, dout, y, z, z_stride, w, rstd, BT, E);
     launchCheck();
@@ -1274,7 +1290,7 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits, 
     s = warp_sum(s);
     if (lane == 0) losses[r] = logf(s) + mx - l[targets[r]];
 }
-float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
+static float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
     crossentropy_forward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(losses, logits, targets, BT, V); launchCheck();
     std::vector<float> loss(BT);
     std::vector<int> target(BT);
@@ -1299,7 +1315,7 @@ __global__ void crossentropy_backward_kernel(float *dlogits, const float *logits
     s = warp_sum(s);
     for (int i = lane; i < V; i += 32) d[i] += dloss * expf(l[i] - mx) / s - (i == targets[r] ? dloss : 0.0f);
 }
-void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
+static void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
     crossentropy_backward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(dlogits, logits, targets, BT, V, dloss); launchCheck();
 }
 
@@ -1317,14 +1333,53 @@ __global__ void adamw_kernel(float *p, const float *grad, float *m, float *v, si
     v[i] = b2 * v[i] + (1.0f - b2) * g * g;
     p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + eps) + wd * p[i]);
 }
-void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
+static void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
                   int step, const AdamWConfig *o) {
     float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
     adamw_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(p, grad, m, v, n, lr, grad_scale, wd, o->beta1, o->beta2, o->eps, c1, c2); launchCheck();
 }
 
 // ----------------------------------------------------------------------------
-// the model: forward and backward built from the ops above
+// the CUDA op table (model.h declares it; same order as above)
+
+const Ops ops = {
+    .zero = zero,
+    .copy_states = copy_states,
+    .encoder_forward = encoder_forward,
+    .encoder_backward = encoder_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = rmsnorm_backward,
+    .matmul_forward = matmul_forward,
+    .matmul_backward = matmul_backward,
+    .residual_forward = residual_forward,
+    .swiglu_forward = swiglu_forward,
+    .swiglu_backward = swiglu_backward,
+    .gla_gate_forward = gla_gate_forward,
+    .gla_gate_backward = gla_gate_backward,
+    .gla_recurrent_forward = gla_recurrent_forward,
+    .gla_recurrent_backward = gla_recurrent_backward,
+    .gla_chunk_forward = gla_chunk_forward,
+    .gla_chunk_backward = gla_chunk_backward,
+    .head_norm_gate_forward = head_norm_gate_forward,
+    .head_norm_gate_backward = head_norm_gate_backward,
+    .conv1d_silu_forward = conv1d_silu_forward,
+    .conv1d_silu_backward = conv1d_silu_backward,
+    .dt_softplus_forward = dt_softplus_forward,
+    .dt_softplus_backward = dt_softplus_backward,
+    .ssd_recurrent_forward = ssd_recurrent_forward,
+    .ssd_recurrent_backward = ssd_recurrent_backward,
+    .ssd_chunk_forward = ssd_chunk_forward,
+    .ssd_chunk_backward = ssd_chunk_backward,
+    .ssd_decay_backward = ssd_decay_backward,
+    .gated_rmsnorm_forward = gated_rmsnorm_forward,
+    .gated_rmsnorm_backward = gated_rmsnorm_backward,
+    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_backward = crossentropy_backward,
+    .adamw_update = adamw_update,
+};
+
+// ----------------------------------------------------------------------------
+// the model: device memory, and the passes of model.h on the CUDA ops
 
 // What a CUDA Model holds beyond the shared struct (m->gpu).
 struct GpuModel {
@@ -1388,7 +1443,7 @@ void model_init(Model *m, const Config *c, const float *host_params) {
 }
 
 // The chunked scans run one block per (sequence, head); each block gets
-// scratch_per_thread floats of acts.scratch, so "threads" here are those blocks.
+// scratch_per_task floats of acts.scratch, so "threads" here are those blocks.
 static int scan_blocks(const Config *c, int B) {
     int most = 0;
     for (int l = 0; l < c->n_layer; l++) most = std::max(most, c->family == FAMILY_GLA ? c->n_head[l] : m2_nheads(c));
@@ -1415,9 +1470,9 @@ void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
     size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
     m->acts_mem = gpu_floats(n);
     acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
-    if (m->acts.scratch_per_thread < scan_work_floats(&m->config))
+    if (m->acts.scratch_per_task < scan_work_floats(&m->config))
         die("internal: scan scratch of %zu floats per block is less than the %zu the kernels need",
-            m->acts.scratch_per_thread, scan_work_floats(&m->config));
+            m->acts.scratch_per_task, scan_work_floats(&m->config));
     g->inputs = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     g->targets = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     m->B = B;
@@ -1440,109 +1495,16 @@ void model_free(Model *m) {
     m->params = m->grads = m->acts_mem = m->adam_m = m->adam_v = nullptr;
 }
 
-// Copies a (b, head) state between the per-sequence RecState [B, H, X] layout
-// and the chunk-state layout [B, H, nslot, X] at slot `slot`; flat == nullptr
-// (with to_chunked) writes zeros.
-__global__ void copy_states_kernel(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)BH * X) return;
-    float *c = chunked + ((i / X) * nslot + slot) * X + i % X;
-    if (to_chunked) *c = flat ? flat[i] : 0.0f;
-    else flat[i] = *c;
-}
-static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
-    copy_states_kernel<<<blocks_for((size_t)BH * X, BLOCK), BLOCK>>>(chunked, nslot, slot, flat, BH, X, to_chunked); launchCheck();
-}
-
-// GLA block: x += attn(rmsnorm(x) * attn_norm); x += mlp(rmsnorm(x) * mlp_norm)
-static void gla_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
-    int H = c->n_head[l], dk = K / H, dv = V / H;
-    rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
-    matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
-    matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
-    matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
-    matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
-    matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
-    matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
-    gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
-    size_t X = (size_t)dk * dv;
-    if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, GLA_CHUNK);
-        copy_states(A->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
-        gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch, m->acts.scratch_per_thread);
-        if (st) copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
-    } else {
-        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
-        if (!st) zero(run, (size_t)B * H * X);
-        gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
-    }
-    head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
-    matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
-    residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
-    rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
-    matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
-    matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
-    swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
-    residual_forward(out, out, A->res_mid, (size_t)BT * D);
-}
-
-// Mamba2 block: x += mixer(rmsnorm(x) * norm)
-static void mamba2_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
-    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
-    rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
-    matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
-    size_t X = (size_t)P * N;
-    float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
-    conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
-    dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
-    if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, SSD_CHUNK);
-        copy_states(A->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
-        ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch, m->acts.scratch_per_thread);
-        if (st) copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
-    } else {
-        float *run = st ? st->layer[l] : A->h;
-        if (!st) zero(run, (size_t)B * nh * X);
-        ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
-    }
-    gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
-    matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
-    residual_forward(out, out, A->res, (size_t)BT * D);
-}
-
 // inputs, targets: host arrays, copied to the device; targets may be nullptr
 void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
-    const Config *c = &m->config;
     GpuModel *g = gpu_of(m);
-    if (B * T > m->B * m->T || T > m->T || B > m->B) die("model_forward: %d x %d tokens exceed the activations allocated for %d x %d", B, T, m->B, m->T);
-    if (m->mixer_form == MIX_RECURRENT && m->keep_steps && T != m->T) die("model_forward: keep_steps needs T == %d", m->T);
-    if (state && state->B != B) die("model_forward: the recurrent state holds %d sequences, the batch %d", state->B, B);
-    int BT = B * T, D = c->d_model;
-    Acts *a = &m->acts;
-    cudaCheck(cudaMemcpy(g->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(g->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
-    encoder_forward(a->layer[0].res, g->inputs, m->w.embed, BT, D);
-    for (int l = 0; l < c->n_layer; l++) {
-        float *out = l + 1 < c->n_layer ? a->layer[l + 1].res : a->res_final;
-        if (c->family == FAMILY_GLA) gla_layer_forward(m, l, B, T, out, state);
-        else mamba2_layer_forward(m, l, B, T, out, state);
-    }
-    rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
-    matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+    std::string e = forward_problem(m, B, T, state);
+    if (!e.empty()) die("model_forward: %s", e.c_str());
+    cudaCheck(cudaMemcpy(g->inputs, inputs, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) cudaCheck(cudaMemcpy(g->targets, targets, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
+    model_forward_pass(&ops, m, g->inputs, targets ? g->targets : nullptr, B, T, state);
     m->inputs = inputs;
     m->targets = targets;
-    m->cur_B = B;
-    m->cur_T = T;
-    m->loss = targets ? crossentropy_forward(a->losses, &m->n_targets, a->logits, g->targets, BT, c->vocab_size) : 0.0f;
     if (!targets) cudaCheck(cudaDeviceSynchronize());  // report a fault here, not in a later call
 }
 
@@ -1586,98 +1548,14 @@ void model_update(Model *m, float lr, float grad_scale, int step, const AdamWCon
         m->adam_m = gpu_floats(m->num_params);
         m->adam_v = gpu_floats(m->num_params);
     }
-    for (size_t t = 0; t < m->tensors.size(); t++) {
-        const ParamTensor &pt = m->tensors[t];
-        if (m->lr_scale[t] == 0.0f) continue;
-        adamw_update(m->params + pt.offset, m->grads + pt.offset, m->adam_m + pt.offset, m->adam_v + pt.offset, pt.size(),
-                     lr * m->lr_scale[t], grad_scale, pt.is_matrix ? opt->weight_decay : 0.0f, step, opt);
-    }
-}
-
-static void gla_layer_backward(Model *m, int l, int B, int T) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    Acts *a = &m->acts;
-    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
-    int H = c->n_head[l], dv = V / H;
-    // MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
-    zero(a->dx1, (size_t)BT * F); zero(a->dx2, (size_t)BT * F); zero(a->dx3, (size_t)BT * F); zero(a->dx4, (size_t)BT * D);
-    matmul_backward(a->dx1, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
-    swiglu_backward(a->dx2, a->dx3, a->dx1, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    matmul_backward(a->dx4, G->gate_proj, nullptr, a->dx2, A->mlp_in, W->gate_proj, BT, D, F);
-    matmul_backward(a->dx4, G->up_proj, nullptr, a->dx3, A->mlp_in, W->up_proj, BT, D, F);
-    rmsnorm_backward(a->dres, G->mlp_norm, a->dx4, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);
-    // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate)))
-    zero(a->dx1, (size_t)BT * V); zero(a->dx2, (size_t)BT * V); zero(a->dx3, (size_t)BT * V);
-    matmul_backward(a->dx1, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
-    head_norm_gate_backward(a->dx2, a->dx3, G->g_norm, a->dx1, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
-    zero(a->dx4, (size_t)BT * K); zero(a->dx5, (size_t)BT * K); zero(a->dx6, (size_t)BT * V); zero(a->dx7, (size_t)BT * K);
-    if (m->mixer_form == MIX_CHUNKED)
-        gla_chunk_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V,
-                           a->scratch, a->scratch_per_thread);
-    else
-        gla_recurrent_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
-                               a->scratch, a->scratch_per_thread);
-    zero(a->dx8, (size_t)BT * K); zero(a->dx9, (size_t)BT * r); zero(a->dx1, (size_t)BT * D);
-    gla_gate_backward(a->dx8, a->dx7, A->gk_pre, (size_t)BT * K);
-    matmul_backward(a->dx9, G->gk_proj1, G->gk_bias, a->dx8, A->gk_low, W->gk_proj1, BT, r, K);
-    matmul_backward(a->dx1, G->gk_proj0, nullptr, a->dx9, A->attn_in, W->gk_proj0, BT, D, r);
-    matmul_backward(a->dx1, G->q_proj, nullptr, a->dx4, A->attn_in, W->q_proj, BT, D, K);
-    matmul_backward(a->dx1, G->k_proj, nullptr, a->dx5, A->attn_in, W->k_proj, BT, D, K);
-    matmul_backward(a->dx1, G->v_proj, nullptr, a->dx6, A->attn_in, W->v_proj, BT, D, V);
-    matmul_backward(a->dx1, G->g_proj, nullptr, a->dx3, A->attn_in, W->g_proj, BT, D, V);
-    rmsnorm_backward(a->dres, G->attn_norm, a->dx1, A->res, W->attn_norm, A->attn_rstd, BT, D);
-}
-
-static void mamba2_layer_backward(Model *m, int l, int B, int T) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    Acts *a = &m->acts;
-    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
-    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
-    // dx1: d y_out [BT, E]; dx2: d y [BT, E]; dx3: d zxbcdt [BT, Din]; dx4: d xbc [BT, Cc];
-    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]; dx7: d log decay [BT, nh]
-    zero(a->dx1, (size_t)BT * E); zero(a->dx2, (size_t)BT * E); zero(a->dx3, (size_t)BT * Din);
-    zero(a->dx4, (size_t)BT * Cc); zero(a->dx5, (size_t)BT * nh); zero(a->dx6, (size_t)BT * D);
-    zero(a->dx7, (size_t)BT * nh);
-    matmul_backward(a->dx1, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
-    gated_rmsnorm_backward(a->dx2, a->dx3, Din, G->gnorm, a->dx1, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
-    if (m->mixer_form == MIX_CHUNKED)
-        ssd_chunk_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
-                           a->scratch, a->scratch_per_thread);
-    else
-        ssd_recurrent_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
-                               a->scratch, a->scratch_per_thread);
-    ssd_decay_backward(a->dx5, G->A_log, G->D, a->dx7, a->dx2, A->xbc, A->dt, W->A_log, BT, nh, P, N);
-    dt_softplus_backward(a->dx3 + E + Cc, Din, G->dt_bias, a->dx5, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
-    conv1d_silu_backward(a->dx3 + E, Din, G->conv_w, G->conv_b, a->dx4, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, B, T, Cc, c->d_conv);
-    matmul_backward(a->dx6, G->in_proj, nullptr, a->dx3, A->norm_out, W->in_proj, BT, D, Din);
-    rmsnorm_backward(a->dres, G->norm, a->dx6, A->res, W->norm, A->norm_rstd, BT, D);
+    model_update_pass(&ops, m, lr, grad_scale, step, opt);
 }
 
 void model_backward(Model *m) {
-    const Config *c = &m->config;
     GpuModel *g = gpu_of(m);
     if (!m->targets) die("model_backward: the last forward had no targets");
     if (m->mixer_form == MIX_RECURRENT && !m->keep_steps) die("model_backward: the recurrent form needs keep_steps");
-    int B = m->cur_B, T = m->cur_T, BT = B * T, D = c->d_model;
-    Acts *a = &m->acts;
-    // loss -> logits -> final norm
-    zero(a->dlogits, (size_t)BT * c->vocab_size);
-    if (m->n_targets > 0) crossentropy_backward(a->dlogits, a->logits, g->targets, BT, c->vocab_size, 1.0f / m->n_targets);
-    zero(a->dx1, (size_t)BT * D);
-    zero(a->dres, (size_t)BT * D);
-    matmul_backward(a->dx1, m->g.lm_head, nullptr, a->dlogits, a->final_out, m->w.lm_head, BT, D, c->vocab_size);
-    rmsnorm_backward(a->dres, m->g.norm_w, a->dx1, a->res_final, m->w.norm_w, a->final_rstd, BT, D);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
-        if (c->family == FAMILY_GLA) gla_layer_backward(m, l, B, T);
-        else mamba2_layer_backward(m, l, B, T);
-    }
-    encoder_backward(m->g.embed, a->dres, g->inputs, BT, D);
+    model_backward_pass(&ops, m, g->inputs, g->targets);
     cudaCheck(cudaDeviceSynchronize());  // report a fault here, not in a later call
 }
 

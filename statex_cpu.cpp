@@ -28,17 +28,31 @@ typedef Eigen::Map<const MatRM> MapCM;
 
 static inline float silu(float x) { return x * sigmoidf_(x); }
 static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
+
+// ----------------------------------------------------------------------------
+// buffers: zero n floats; move recurrent states between the per-sequence
+// layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
+// (flat == nullptr with to_chunked: zeros, a fresh start)
+
 static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
+static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
+    for (int i = 0; i < BH; i++) {
+        float *a = chunked + ((size_t)i * nslot + slot) * X, *b = flat ? flat + (size_t)i * X : nullptr;
+        if (!to_chunked) memcpy(b, a, X * sizeof(float));
+        else if (b) memcpy(a, b, X * sizeof(float));
+        else zero(a, X);
+    }
+}
 
 // ----------------------------------------------------------------------------
 // embedding: out[t] = embed[token[t]]
 
-void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
+static void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
     #pragma omp parallel for
     for (int t = 0; t < BT; t++) memcpy(out + (size_t)t * D, embed + (size_t)tokens[t] * D, D * sizeof(float));
 }
 // dembed[token[t]] += dout[t]; two tokens may share a row, so threads own column blocks
-void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
+static void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
     #pragma omp parallel for
     for (int j0 = 0; j0 < D; j0 += 64) {
         int j1 = std::min(D, j0 + 64);
@@ -55,7 +69,7 @@ void encoder_backward(float *dembed, const float *dout, const int *tokens, int B
 // backward, with n = x * rstd and g = dout * w:
 //   dx = rstd * (g - n * mean(g * n)),   dw += sum over rows of dout * n
 
-void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
+static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D;
@@ -81,7 +95,7 @@ template <typename F> static void sum_rows_into(float *dst, int rows, int cols, 
     }
 }
 
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
+static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D) {
     #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D, *dy = dout + (size_t)i * D;
@@ -98,13 +112,13 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 // matmul: out[N, OC] = inp[N, C] W[OC, C]^T (+ bias[OC])
 // backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
 
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
     MapM y(out, N, OC);
     y.noalias() = MapCM(inp, N, C) * MapCM(w, OC, C).transpose();
     if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
 }
 
-void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
+static void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
     MapCM dy(dout, N, OC);
     if (dinp) MapM(dinp, N, C).noalias() += dy * MapCM(w, OC, C);
     if (dw) MapM(dw, OC, C).noalias() += dy.transpose() * MapCM(inp, N, C);
@@ -113,7 +127,7 @@ void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, co
 }
 
 // residual: out = a + b (out may be a or b)
-void residual_forward(float *out, const float *a, const float *b, size_t n) {
+static void residual_forward(float *out, const float *a, const float *b, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
@@ -121,11 +135,11 @@ void residual_forward(float *out, const float *a, const float *b, size_t n) {
 // ----------------------------------------------------------------------------
 // SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
 
-void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) h[i] = silu(g[i]) * u[i];
 }
-void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) {
         dg[i] += dh[i] * u[i] * silu_grad(g[i]);
@@ -137,11 +151,11 @@ void swiglu_backward(float *dg, float *du, const float *dh, const float *g, cons
 // GLA forget gate: a = logsigmoid(x) / 16  (a <= 0 is the log of the decay)
 // logsigmoid(x) = min(x, 0) - log(1 + e^-|x|);  d/dx = sigmoid(-x)
 
-void gla_gate_forward(float *a, const float *x, size_t n) {
+static void gla_gate_forward(float *a, const float *x, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1pf(exp_fast(-fabsf(x[i])))) / 16.0f;
 }
-void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
+static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) dx[i] += da[i] * sigmoidf_(-x[i]) / 16.0f;
 }
@@ -156,7 +170,7 @@ void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
 // S: [B, H, hk, hv], the state to start from, updated in place to the end.
 // S_all: nullptr, or [B, H, T, hk, hv] to keep S_t for the backward pass.
 
-void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
+static void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,
                            const float *a, int B, int T, int H, int K, int V) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
@@ -189,15 +203,15 @@ void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, con
 //     da_t += exp(a_t) * rowsum(dS * S_{t-1})
 //     dS    = diag(exp(a_t)) dS                  (the gradient of S_{t-1})
 // dS_scratch: [n_threads, hk*hv].
-void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
+static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                             const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
-                            float *scratch, size_t scratch_per_thread) {
+                            float *scratch, size_t scratch_per_task) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            float *dS = scratch + omp_get_thread_num() * scratch_per_thread;
+            float *dS = scratch + omp_get_thread_num() * scratch_per_task;
             zero(dS, (size_t)hk * hv);
             const float *Sbh = S_all + ((size_t)b * H + h) * T * hk * hv;
             for (int t = T - 1; t >= 0; t--) {
@@ -291,15 +305,15 @@ static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const 
     }
 }
 
-void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
-                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_thread) {
+static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
+                       int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_task) {
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_thread, hk, hv);
+            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
             float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
             for (int c = 0; c < nc; c++) {
                 size_t row0 = (size_t)b * T + (size_t)c * C;
@@ -351,16 +365,16 @@ void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const
 //     dL/dB_t = q_t . dq_t - k_t . dk_t,
 // so da_t = sum_{t' >= t} (q_t' . dq_t' - k_t' . dk_t'), a reverse running sum
 // that we carry across the chunks as we walk back.
-void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
+static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
                         const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
-                        float *scratch, size_t scratch_per_thread) {
+                        float *scratch, size_t scratch_per_task) {
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_thread, hk, hv);
+            GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
             const float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
             zero(w.dS, (size_t)hk * hv);
             zero(w.run, hk);
@@ -462,7 +476,7 @@ void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float 
 // backward, with n = o * rstd and g = dout * w * silu(og):
 //     do += rstd * (g - n * mean(g * n)),  dog += dout * n * w * silu'(og),  dw += dout * n * silu(og)
 
-void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
+static void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
     #pragma omp parallel for
     for (int r = 0; r < BT * H; r++) {
         size_t off = (size_t)r * dv;
@@ -474,7 +488,7 @@ void head_norm_gate_forward(float *out, float *rstd, const float *o, const float
     }
 }
 
-void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
+static void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
                              const float *w, const float *rstd, int BT, int H, int dv) {
     #pragma omp parallel for
     for (int r = 0; r < BT * H; r++) {
@@ -509,7 +523,7 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 // Threads own blocks of CONV_BLOCK channels; a block's taps are copied to
 // wt[j][c] so the inner loops run over contiguous channels (and vectorise).
 #define CONV_BLOCK 64
-void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
+static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
@@ -543,7 +557,7 @@ void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride,
 
 // backward (zero initial window): g = dout * silu'(pre);  dbias[c] += sum_t g_t[c];
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
-void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
+static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
     #pragma omp parallel for
     for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
@@ -581,12 +595,12 @@ void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, c
 // Mamba2 step size: dt = softplus(raw + dt_bias), per token and head.
 // d raw = d dt * sigmoid(raw + dt_bias); d dt_bias the same, summed.
 
-void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
+static void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++)
         for (int h = 0; h < nh; h++) dt[(size_t)r * nh + h] = softplusf(raw[(size_t)r * raw_stride + h] + bias[h]);
 }
-void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
+static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
                           const float *bias, int BT, int nh) {
     auto g = [&](int r, int h) { return ddt[(size_t)r * nh + h] * sigmoidf_(raw[(size_t)r * raw_stride + h] + bias[h]); };
     #pragma omp parallel for
@@ -604,7 +618,7 @@ void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const floa
 // hs: [B, nh, P, N] state to start from, updated in place; h_all: nullptr or
 // [B, nh, T, P, N] to keep every step for the backward pass.
 
-void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
+static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for collapse(2)
@@ -635,13 +649,13 @@ void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, 
 //     dlda_t += exp(dt_t A) <dh, h_{t-1}>        (the log decay dt_t A; see ssd_decay_backward)
 //     dh      = exp(dt_t A) dh                    (the gradient of h_{t-1})
 // Threads own whole sequences (B and C are shared by the heads).
-void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
+static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+                            int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for
     for (int b = 0; b < B; b++) {
-        float *dh = scratch + omp_get_thread_num() * scratch_per_thread;
+        float *dh = scratch + omp_get_thread_num() * scratch_per_task;
         for (int h = 0; h < nh; h++) {
             zero(dh, (size_t)P * N);
             float A = -expf(A_log[h]);
@@ -696,14 +710,14 @@ static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, 
 //     M     = (C B^T) . L . dt_s         (masked to s <= t)
 //     Y     = M X + diag(e^c) C H_in^T + D X
 //     H_out = e^{c_last} H_in + (diag(e^{c_last - c} dt) X)^T B
-void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int C = SSD_CHUNK, nc = n_chunks(T, C);
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
-            float *cum = scratch + omp_get_thread_num() * scratch_per_thread, *Mp = cum + C, *CHp = Mp + C * C, *Xwp = CHp + C * P;
+            float *cum = scratch + omp_get_thread_num() * scratch_per_task, *Mp = cum + C, *CHp = Mp + C * C, *Xwp = CHp + C * P;
             float A = -expf(A_log[h]);
             float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
             for (int c = 0; c < nc; c++) {
@@ -742,14 +756,14 @@ void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, c
 // dlda_t, the gradient of the log decay dt_t A, is its reverse running sum.
 // Threads own whole sequences, so the shared B, C gradients need no locks; the
 // heads share one C B^T per chunk, and each carries its own dH.
-void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
+static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                         const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int C = SSD_CHUNK, nc = n_chunks(T, C);
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for
     for (int b = 0; b < B; b++) {
-        float *ws = scratch + omp_get_thread_num() * scratch_per_thread;
+        float *ws = scratch + omp_get_thread_num() * scratch_per_task;
         float *dHall = ws, *run = dHall + (size_t)nh * P * N, *cum = run + nh, *ec = cum + C, *gdiag = ec + C;
         float *CBp = gdiag + C, *Lp = CBp + C * C, *Gp = Lp + C * C;
         float *dvp = Gp + C * C, *tPp = dvp + C * P, *dCp = tPp + C * P, *dBp = dCp + C * N, *tNp = dBp + C * N;
@@ -823,7 +837,7 @@ void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, c
 // dt_t A_h with A_h = -exp(A_log[h]), so from its gradient dlda:
 //     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t
 // and the skip y += D x gives dD[h] += sum_t dy_t . x_t over the head's channels.
-void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
+static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
                         const float *dt, const float *A_log, int BT, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for
@@ -844,7 +858,7 @@ void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda,
 // backward: with g = y * silu(z), dg from rmsnorm's rule; dy += dg * silu(z),
 // dz += dg * y * silu'(z). z rows have stride z_stride (slice of in_proj out).
 
-void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
+static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
@@ -860,7 +874,7 @@ void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float 
     }
 }
 
-void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
+static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
                             int z_stride, const float *w, const float *rstd, int BT, int E) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
@@ -885,7 +899,7 @@ void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, cons
 //     loss = mean over those rows of (logsumexp(logits) - logits[target])
 // backward: dlogits += dloss * (softmax(logits) - onehot(target))
 
-float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
+static float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         losses[r] = 0;
@@ -905,7 +919,7 @@ float crossentropy_forward(float *losses, int *n_valid, const float *logits, con
     return count ? (float)(sum / count) : 0.0f;
 }
 
-void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
+static void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         if (targets[r] < 0) continue;
@@ -925,7 +939,7 @@ void crossentropy_backward(float *dlogits, const float *logits, const int *targe
 //     m = b1 m + (1-b1) g,   v = b2 v + (1-b2) g^2
 //     p -= lr * ( m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd p )
 
-void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
+static void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
                   int step, const AdamWConfig *o) {
     float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
     #pragma omp parallel for
@@ -938,7 +952,46 @@ void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, flo
 }
 
 // ----------------------------------------------------------------------------
-// the model: forward and backward built from the ops above
+// the CPU op table (model.h declares it; same order as above)
+
+const Ops ops = {
+    .zero = zero,
+    .copy_states = copy_states,
+    .encoder_forward = encoder_forward,
+    .encoder_backward = encoder_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = rmsnorm_backward,
+    .matmul_forward = matmul_forward,
+    .matmul_backward = matmul_backward,
+    .residual_forward = residual_forward,
+    .swiglu_forward = swiglu_forward,
+    .swiglu_backward = swiglu_backward,
+    .gla_gate_forward = gla_gate_forward,
+    .gla_gate_backward = gla_gate_backward,
+    .gla_recurrent_forward = gla_recurrent_forward,
+    .gla_recurrent_backward = gla_recurrent_backward,
+    .gla_chunk_forward = gla_chunk_forward,
+    .gla_chunk_backward = gla_chunk_backward,
+    .head_norm_gate_forward = head_norm_gate_forward,
+    .head_norm_gate_backward = head_norm_gate_backward,
+    .conv1d_silu_forward = conv1d_silu_forward,
+    .conv1d_silu_backward = conv1d_silu_backward,
+    .dt_softplus_forward = dt_softplus_forward,
+    .dt_softplus_backward = dt_softplus_backward,
+    .ssd_recurrent_forward = ssd_recurrent_forward,
+    .ssd_recurrent_backward = ssd_recurrent_backward,
+    .ssd_chunk_forward = ssd_chunk_forward,
+    .ssd_chunk_backward = ssd_chunk_backward,
+    .ssd_decay_backward = ssd_decay_backward,
+    .gated_rmsnorm_forward = gated_rmsnorm_forward,
+    .gated_rmsnorm_backward = gated_rmsnorm_backward,
+    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_backward = crossentropy_backward,
+    .adamw_update = adamw_update,
+};
+
+// ----------------------------------------------------------------------------
+// the model: memory, initialisation, and the passes of model.h on the CPU ops
 
 void model_init(Model *m, const Config *c, float *params) {
     std::string e = config_problem(c);
@@ -1075,101 +1128,14 @@ void state_zero(const Config *c, RecState *s) {
 }
 void state_free(RecState *s) { free(s->mem); s->mem = nullptr; }
 
-// Copies a (b, head) state between the per-sequence RecState [B, H, X] layout
-// and the chunk-state layout [B, H, nslot, X] at slot `slot`.
-static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
-    for (int i = 0; i < BH; i++) {
-        float *a = chunked + ((size_t)i * nslot + slot) * X, *b = flat + (size_t)i * X;
-        if (to_chunked) memcpy(a, b, X * sizeof(float)); else memcpy(b, a, X * sizeof(float));
-    }
-}
-
-// GLA block: x += attn(rmsnorm(x) * attn_norm); x += mlp(rmsnorm(x) * mlp_norm)
-static void gla_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
-    int H = c->n_head[l], dk = K / H, dv = V / H;
-    rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
-    matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
-    matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
-    matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
-    matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
-    matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
-    matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
-    gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
-    size_t X = (size_t)dk * dv;
-    if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, GLA_CHUNK);
-        if (st) copy_states(A->S, nc + 1, 0, st->layer[l], B * H, X, true);
-        else for (int i = 0; i < B * H; i++) zero(A->S + (size_t)i * (nc + 1) * X, X);
-        gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch, m->acts.scratch_per_thread);
-        if (st) copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
-    } else {
-        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
-        if (!st) zero(run, (size_t)B * H * X);
-        gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
-    }
-    head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
-    matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
-    residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
-    rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
-    matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
-    matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
-    swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
-    residual_forward(out, out, A->res_mid, (size_t)BT * D);
-}
-
-// Mamba2 block: x += mixer(rmsnorm(x) * norm)
-static void mamba2_layer_forward(Model *m, int l, int B, int T, float *out, RecState *st) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
-    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
-    rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
-    matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
-    size_t X = (size_t)P * N;
-    float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
-    conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
-    dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
-    if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, SSD_CHUNK);
-        if (st) copy_states(A->h, nc + 1, 0, st->layer[l], B * nh, X, true);
-        else for (int i = 0; i < B * nh; i++) zero(A->h + (size_t)i * (nc + 1) * X, X);
-        ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch, m->acts.scratch_per_thread);
-        if (st) copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
-    } else {
-        float *run = st ? st->layer[l] : A->h;
-        if (!st) zero(run, (size_t)B * nh * X);
-        ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
-    }
-    gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
-    matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
-    residual_forward(out, out, A->res, (size_t)BT * D);
-}
-
+// The model passes are written once, in model.h, for both backends; here
+// they run on the CPU ops. The tokens are host arrays already.
 void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
-    const Config *c = &m->config;
-    if (B * T > m->B * m->T || T > m->T || B > m->B) die("model_forward: %d x %d tokens exceed the activations allocated for %d x %d", B, T, m->B, m->T);
-    if (m->mixer_form == MIX_RECURRENT && m->keep_steps && T != m->T) die("model_forward: keep_steps needs T == %d", m->T);
-    int BT = B * T, D = c->d_model;
-    Acts *a = &m->acts;
-    encoder_forward(a->layer[0].res, inputs, m->w.embed, BT, D);
-    for (int l = 0; l < c->n_layer; l++) {
-        float *out = l + 1 < c->n_layer ? a->layer[l + 1].res : a->res_final;
-        if (c->family == FAMILY_GLA) gla_layer_forward(m, l, B, T, out, state);
-        else mamba2_layer_forward(m, l, B, T, out, state);
-    }
-    rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
-    matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+    std::string e = forward_problem(m, B, T, state);
+    if (!e.empty()) die("model_forward: %s", e.c_str());
+    model_forward_pass(&ops, m, inputs, targets, B, T, state);
     m->inputs = inputs;
     m->targets = targets;
-    m->cur_B = B;
-    m->cur_T = T;
-    m->loss = targets ? crossentropy_forward(a->losses, &m->n_targets, a->logits, targets, BT, c->vocab_size) : 0.0f;
 }
 
 void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
@@ -1199,12 +1165,7 @@ void model_update(Model *m, float lr, float grad_scale, int step, const AdamWCon
         m->adam_m = xcalloc_floats(m->num_params);
         m->adam_v = xcalloc_floats(m->num_params);
     }
-    for (size_t t = 0; t < m->tensors.size(); t++) {
-        const ParamTensor &pt = m->tensors[t];
-        if (m->lr_scale[t] == 0.0f) continue;
-        adamw_update(m->params + pt.offset, m->grads + pt.offset, m->adam_m + pt.offset, m->adam_v + pt.offset, pt.size(),
-                     lr * m->lr_scale[t], grad_scale, pt.is_matrix ? opt->weight_decay : 0.0f, step, opt);
-    }
+    model_update_pass(&ops, m, lr, grad_scale, step, opt);
 }
 
 double gemm_gflops(int M, int N, int K) {
@@ -1220,91 +1181,11 @@ double gemm_gflops(int M, int N, int K) {
     return 2.0 * M * N * K * reps / t / 1e9;
 }
 
-static void gla_layer_backward(Model *m, int l, int B, int T) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    Acts *a = &m->acts;
-    int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
-    int H = c->n_head[l], dv = V / H;
-    // MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
-    zero(a->dx1, (size_t)BT * F); zero(a->dx2, (size_t)BT * F); zero(a->dx3, (size_t)BT * F); zero(a->dx4, (size_t)BT * D);
-    matmul_backward(a->dx1, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
-    swiglu_backward(a->dx2, a->dx3, a->dx1, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    matmul_backward(a->dx4, G->gate_proj, nullptr, a->dx2, A->mlp_in, W->gate_proj, BT, D, F);
-    matmul_backward(a->dx4, G->up_proj, nullptr, a->dx3, A->mlp_in, W->up_proj, BT, D, F);
-    rmsnorm_backward(a->dres, G->mlp_norm, a->dx4, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);
-    // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate)))
-    zero(a->dx1, (size_t)BT * V); zero(a->dx2, (size_t)BT * V); zero(a->dx3, (size_t)BT * V);
-    matmul_backward(a->dx1, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
-    head_norm_gate_backward(a->dx2, a->dx3, G->g_norm, a->dx1, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
-    zero(a->dx4, (size_t)BT * K); zero(a->dx5, (size_t)BT * K); zero(a->dx6, (size_t)BT * V); zero(a->dx7, (size_t)BT * K);
-    if (m->mixer_form == MIX_CHUNKED)
-        gla_chunk_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V,
-                           a->scratch, a->scratch_per_thread);
-    else
-        gla_recurrent_backward(a->dx4, a->dx5, a->dx6, a->dx7, a->dx2, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
-                               a->scratch, a->scratch_per_thread);
-    zero(a->dx8, (size_t)BT * K); zero(a->dx9, (size_t)BT * r); zero(a->dx1, (size_t)BT * D);
-    gla_gate_backward(a->dx8, a->dx7, A->gk_pre, (size_t)BT * K);
-    matmul_backward(a->dx9, G->gk_proj1, G->gk_bias, a->dx8, A->gk_low, W->gk_proj1, BT, r, K);
-    matmul_backward(a->dx1, G->gk_proj0, nullptr, a->dx9, A->attn_in, W->gk_proj0, BT, D, r);
-    matmul_backward(a->dx1, G->q_proj, nullptr, a->dx4, A->attn_in, W->q_proj, BT, D, K);
-    matmul_backward(a->dx1, G->k_proj, nullptr, a->dx5, A->attn_in, W->k_proj, BT, D, K);
-    matmul_backward(a->dx1, G->v_proj, nullptr, a->dx6, A->attn_in, W->v_proj, BT, D, V);
-    matmul_backward(a->dx1, G->g_proj, nullptr, a->dx3, A->attn_in, W->g_proj, BT, D, V);
-    rmsnorm_backward(a->dres, G->attn_norm, a->dx1, A->res, W->attn_norm, A->attn_rstd, BT, D);
-}
-
-static void mamba2_layer_backward(Model *m, int l, int B, int T) {
-    const Config *c = &m->config;
-    const LayerWeights *W = &m->w.layer[l];
-    LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
-    Acts *a = &m->acts;
-    int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
-    int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
-    // dx1: d y_out [BT, E]; dx2: d y [BT, E]; dx3: d zxbcdt [BT, Din]; dx4: d xbc [BT, Cc];
-    // dx5: d dt [BT, nh]; dx6: d norm_out [BT, D]; dx7: d log decay [BT, nh]
-    zero(a->dx1, (size_t)BT * E); zero(a->dx2, (size_t)BT * E); zero(a->dx3, (size_t)BT * Din);
-    zero(a->dx4, (size_t)BT * Cc); zero(a->dx5, (size_t)BT * nh); zero(a->dx6, (size_t)BT * D);
-    zero(a->dx7, (size_t)BT * nh);
-    matmul_backward(a->dx1, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
-    gated_rmsnorm_backward(a->dx2, a->dx3, Din, G->gnorm, a->dx1, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
-    if (m->mixer_form == MIX_CHUNKED)
-        ssd_chunk_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
-                           a->scratch, a->scratch_per_thread);
-    else
-        ssd_recurrent_backward(a->dx4, a->dx5, a->dx7, a->dx2, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
-                               a->scratch, a->scratch_per_thread);
-    ssd_decay_backward(a->dx5, G->A_log, G->D, a->dx7, a->dx2, A->xbc, A->dt, W->A_log, BT, nh, P, N);
-    dt_softplus_backward(a->dx3 + E + Cc, Din, G->dt_bias, a->dx5, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
-    conv1d_silu_backward(a->dx3 + E, Din, G->conv_w, G->conv_b, a->dx4, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, B, T, Cc, c->d_conv);
-    matmul_backward(a->dx6, G->in_proj, nullptr, a->dx3, A->norm_out, W->in_proj, BT, D, Din);
-    rmsnorm_backward(a->dres, G->norm, a->dx6, A->res, W->norm, A->norm_rstd, BT, D);
-}
-
 void model_backward(Model *m) {
-    const Config *c = &m->config;
     if (!m->targets) die("model_backward: the last forward had no targets");
     if (m->mixer_form == MIX_RECURRENT && !m->keep_steps) die("model_backward: the recurrent form needs keep_steps");
-    int B = m->cur_B, T = m->cur_T, BT = B * T, D = c->d_model;
-    Acts *a = &m->acts;
-    // loss -> logits -> final norm
-    zero(a->dlogits, (size_t)BT * c->vocab_size);
-    if (m->n_targets > 0) crossentropy_backward(a->dlogits, a->logits, m->targets, BT, c->vocab_size, 1.0f / m->n_targets);
-    zero(a->dx1, (size_t)BT * D);
-    zero(a->dres, (size_t)BT * D);
-    matmul_backward(a->dx1, m->g.lm_head, nullptr, a->dlogits, a->final_out, m->w.lm_head, BT, D, c->vocab_size);
-    rmsnorm_backward(a->dres, m->g.norm_w, a->dx1, a->res_final, m->w.norm_w, a->final_rstd, BT, D);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
-        if (c->family == FAMILY_GLA) gla_layer_backward(m, l, B, T);
-        else mamba2_layer_backward(m, l, B, T);
-    }
-    encoder_backward(m->g.embed, a->dres, m->inputs, BT, D);
+    model_backward_pass(&ops, m, m->inputs, m->targets);
 }
-
 
 // ----------------------------------------------------------------------------
 // StateX: expand the recurrent state of a trained model (host side, on the

@@ -23,68 +23,7 @@ TEST_CASE("gpu: skipped, this build has no CUDA" * doctest::skip(!gpu_ok())) {}
 #else
 #include <cuda_runtime.h>
 
-// The ops are not in model.h; both files define them with these signatures
-// (on the GPU every pointer is a device pointer, except crossentropy_forward's
-// n_valid and adamw_update's config, which stay on the host).
-#define STATEX_OPS                                                                                                     \
-    void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D);                          \
-    void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D);                       \
-    void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D);                   \
-    void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,               \
-                          const float *rstd, int N, int D);                                                            \
-    void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);       \
-    void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,    \
-                         int N, int C, int OC);                                                                        \
-    void residual_forward(float *out, const float *a, const float *b, size_t n);                                      \
-    void swiglu_forward(float *h, const float *g, const float *u, size_t n);                                          \
-    void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);            \
-    void gla_gate_forward(float *a, const float *x, size_t n);                                                        \
-    void gla_gate_backward(float *dx, const float *da, const float *x, size_t n);                                     \
-    void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v,      \
-                               const float *a, int B, int T, int H, int K, int V);                                    \
-    void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,    \
-                                const float *q, const float *k, const float *v, const float *a, int B, int T, int H,  \
-                                int K, int V, float *scratch, size_t scratch_per_thread);                             \
-    void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int B, \
-                           int T, int H, int K, int V, float *scratch, size_t scratch_per_thread);                    \
-    void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,            \
-                            const float *q, const float *k, const float *v, const float *a, int B, int T, int H,      \
-                            int K, int V, float *scratch, size_t scratch_per_thread);                                 \
-    void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT,     \
-                                int H, int dv);                                                                        \
-    void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o,                \
-                                 const float *og, const float *w, const float *rstd, int BT, int H, int dv);          \
-    void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w,                  \
-                             const float *bias, float *conv_state, int B, int T, int Cc, int W);                      \
-    void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout,                 \
-                              const float *pre, const float *in, int in_stride, const float *w, int B, int T, int Cc, \
-                              int W);                                                                                  \
-    void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh);         \
-    void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw,         \
-                              int raw_stride, const float *bias, int BT, int nh);                                     \
-    void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt,                  \
-                               const float *A_log, const float *Dskip, int B, int T, int nh, int P, int N);           \
-    void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,            \
-                                const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B,     \
-                                int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread);              \
-    void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log,                \
-                           const float *Dskip, int B, int T, int nh, int P, int N, float *scratch,                    \
-                           size_t scratch_per_thread);                                                                 \
-    void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,                   \
-                            const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B, int T,  \
-                            int nh, int P, int N, float *scratch, size_t scratch_per_thread);                         \
-    void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy,                 \
-                            const float *xbc, const float *dt, const float *A_log, int BT, int nh, int P, int N);     \
-    void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w,  \
-                               int BT, int E);                                                                         \
-    void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y,    \
-                                const float *z, int z_stride, const float *w, const float *rstd, int BT, int E);      \
-    float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V);  \
-    void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss);  \
-    void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale,          \
-                      float wd, int step, const AdamWConfig *o);
-namespace cpu { STATEX_OPS }
-namespace gpu { STATEX_OPS }
+// The ops are the two op tables of model.h, cpu::ops and gpu::ops.
 
 // ----------------------------------------------------------------------------
 // one array on both sides: host data for the CPU op, a device twin for the GPU op
@@ -150,33 +89,33 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         for (int &t : tok) t = rng_int(&r, 9);  // repeats: rows shared by several tokens
         auto tokens = A.make(tok);
         auto embed = A.normal(9 * D, &r), out = A.zeros(BT * D), dout = A.normal(BT * D, &r), dembed = A.normal(9 * D, &r);
-        cpu::encoder_forward(out.cpu(), tokens.cpu(), embed.cpu(), BT, D);
-        gpu::encoder_forward(out.gpu(), tokens.gpu(), embed.gpu(), BT, D);
+        cpu::ops.encoder_forward(out.cpu(), tokens.cpu(), embed.cpu(), BT, D);
+        gpu::ops.encoder_forward(out.gpu(), tokens.gpu(), embed.gpu(), BT, D);
         check("encoder forward", out, TOL_ELEM);
-        cpu::encoder_backward(dembed.cpu(), dout.cpu(), tokens.cpu(), BT, D);
-        gpu::encoder_backward(dembed.gpu(), dout.gpu(), tokens.gpu(), BT, D);
+        cpu::ops.encoder_backward(dembed.cpu(), dout.cpu(), tokens.cpu(), BT, D);
+        gpu::ops.encoder_backward(dembed.gpu(), dout.gpu(), tokens.gpu(), BT, D);
         check("encoder backward", dembed, TOL_ELEM);
     }
     SUBCASE("rmsnorm") {
         auto x = A.normal(BT * D, &r), w = A.normal(D, &r), out = A.zeros(BT * D), rstd = A.zeros(BT);
         auto dout = A.normal(BT * D, &r), dx = A.normal(BT * D, &r), dw = A.normal(D, &r);
-        cpu::rmsnorm_forward(out.cpu(), rstd.cpu(), x.cpu(), w.cpu(), BT, D);
-        gpu::rmsnorm_forward(out.gpu(), rstd.gpu(), x.gpu(), w.gpu(), BT, D);
+        cpu::ops.rmsnorm_forward(out.cpu(), rstd.cpu(), x.cpu(), w.cpu(), BT, D);
+        gpu::ops.rmsnorm_forward(out.gpu(), rstd.gpu(), x.gpu(), w.gpu(), BT, D);
         check("rmsnorm out", out, TOL_ELEM);
         check("rmsnorm rstd", rstd, TOL_ELEM);
-        cpu::rmsnorm_backward(dx.cpu(), dw.cpu(), dout.cpu(), x.cpu(), w.cpu(), rstd.cpu(), BT, D);
-        gpu::rmsnorm_backward(dx.gpu(), dw.gpu(), dout.gpu(), x.gpu(), w.gpu(), rstd.gpu(), BT, D);
+        cpu::ops.rmsnorm_backward(dx.cpu(), dw.cpu(), dout.cpu(), x.cpu(), w.cpu(), rstd.cpu(), BT, D);
+        gpu::ops.rmsnorm_backward(dx.gpu(), dw.gpu(), dout.gpu(), x.gpu(), w.gpu(), rstd.gpu(), BT, D);
         check("rmsnorm dx", dx, TOL_ELEM);
         check("rmsnorm dw", dw, TOL_ELEM);
     }
     SUBCASE("matmul") {
         auto x = A.normal(BT * D, &r), w = A.normal(OC * D, &r), bias = A.normal(OC, &r), out = A.zeros(BT * OC);
         auto dout = A.normal(BT * OC, &r), dx = A.normal(BT * D, &r), dw = A.normal(OC * D, &r), db = A.normal(OC, &r);
-        cpu::matmul_forward(out.cpu(), x.cpu(), w.cpu(), bias.cpu(), BT, D, OC);
-        gpu::matmul_forward(out.gpu(), x.gpu(), w.gpu(), bias.gpu(), BT, D, OC);
+        cpu::ops.matmul_forward(out.cpu(), x.cpu(), w.cpu(), bias.cpu(), BT, D, OC);
+        gpu::ops.matmul_forward(out.gpu(), x.gpu(), w.gpu(), bias.gpu(), BT, D, OC);
         check("matmul out", out, TOL_SCAN);
-        cpu::matmul_backward(dx.cpu(), dw.cpu(), db.cpu(), dout.cpu(), x.cpu(), w.cpu(), BT, D, OC);
-        gpu::matmul_backward(dx.gpu(), dw.gpu(), db.gpu(), dout.gpu(), x.gpu(), w.gpu(), BT, D, OC);
+        cpu::ops.matmul_backward(dx.cpu(), dw.cpu(), db.cpu(), dout.cpu(), x.cpu(), w.cpu(), BT, D, OC);
+        gpu::ops.matmul_backward(dx.gpu(), dw.gpu(), db.gpu(), dout.gpu(), x.gpu(), w.gpu(), BT, D, OC);
         check("matmul dinp", dx, TOL_SCAN);
         check("matmul dw", dw, TOL_SCAN);
         check("matmul dbias", db, TOL_SCAN);
@@ -185,21 +124,21 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         size_t n = BT * D;
         auto a = A.normal(n, &r), b = A.normal(n, &r, 3.0f), out = A.zeros(n), dh = A.normal(n, &r);
         auto dg = A.normal(n, &r), du = A.normal(n, &r), h = A.zeros(n);
-        cpu::residual_forward(out.cpu(), a.cpu(), b.cpu(), n);
-        gpu::residual_forward(out.gpu(), a.gpu(), b.gpu(), n);
+        cpu::ops.residual_forward(out.cpu(), a.cpu(), b.cpu(), n);
+        gpu::ops.residual_forward(out.gpu(), a.gpu(), b.gpu(), n);
         check("residual", out, TOL_ELEM);
-        cpu::swiglu_forward(h.cpu(), a.cpu(), b.cpu(), n);
-        gpu::swiglu_forward(h.gpu(), a.gpu(), b.gpu(), n);
+        cpu::ops.swiglu_forward(h.cpu(), a.cpu(), b.cpu(), n);
+        gpu::ops.swiglu_forward(h.gpu(), a.gpu(), b.gpu(), n);
         check("swiglu out", h, TOL_ELEM);
-        cpu::swiglu_backward(dg.cpu(), du.cpu(), dh.cpu(), a.cpu(), b.cpu(), n);
-        gpu::swiglu_backward(dg.gpu(), du.gpu(), dh.gpu(), a.gpu(), b.gpu(), n);
+        cpu::ops.swiglu_backward(dg.cpu(), du.cpu(), dh.cpu(), a.cpu(), b.cpu(), n);
+        gpu::ops.swiglu_backward(dg.gpu(), du.gpu(), dh.gpu(), a.gpu(), b.gpu(), n);
         check("swiglu dg", dg, TOL_ELEM);
         check("swiglu du", du, TOL_ELEM);
-        cpu::gla_gate_forward(out.cpu(), b.cpu(), n);
-        gpu::gla_gate_forward(out.gpu(), b.gpu(), n);
+        cpu::ops.gla_gate_forward(out.cpu(), b.cpu(), n);
+        gpu::ops.gla_gate_forward(out.gpu(), b.gpu(), n);
         check("gla gate out", out, TOL_ELEM);
-        cpu::gla_gate_backward(dg.cpu(), dh.cpu(), b.cpu(), n);
-        gpu::gla_gate_backward(dg.gpu(), dh.gpu(), b.gpu(), n);
+        cpu::ops.gla_gate_backward(dg.cpu(), dh.cpu(), b.cpu(), n);
+        gpu::ops.gla_gate_backward(dg.gpu(), dh.gpu(), b.gpu(), n);
         check("gla gate dx", dg, TOL_ELEM);
     }
     SUBCASE("head norm and gate") {
@@ -207,11 +146,11 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         size_t n = (size_t)BT * H * dv;
         auto o = A.normal(n, &r), og = A.normal(n, &r), w = A.normal(dv, &r), out = A.zeros(n), rstd = A.zeros(BT * H);
         auto dout = A.normal(n, &r), d_o = A.normal(n, &r), dog = A.normal(n, &r), dw = A.normal(dv, &r);
-        cpu::head_norm_gate_forward(out.cpu(), rstd.cpu(), o.cpu(), og.cpu(), w.cpu(), BT, H, dv);
-        gpu::head_norm_gate_forward(out.gpu(), rstd.gpu(), o.gpu(), og.gpu(), w.gpu(), BT, H, dv);
+        cpu::ops.head_norm_gate_forward(out.cpu(), rstd.cpu(), o.cpu(), og.cpu(), w.cpu(), BT, H, dv);
+        gpu::ops.head_norm_gate_forward(out.gpu(), rstd.gpu(), o.gpu(), og.gpu(), w.gpu(), BT, H, dv);
         check("head_norm_gate out", out, TOL_ELEM);
-        cpu::head_norm_gate_backward(d_o.cpu(), dog.cpu(), dw.cpu(), dout.cpu(), o.cpu(), og.cpu(), w.cpu(), rstd.cpu(), BT, H, dv);
-        gpu::head_norm_gate_backward(d_o.gpu(), dog.gpu(), dw.gpu(), dout.gpu(), o.gpu(), og.gpu(), w.gpu(), rstd.gpu(), BT, H, dv);
+        cpu::ops.head_norm_gate_backward(d_o.cpu(), dog.cpu(), dw.cpu(), dout.cpu(), o.cpu(), og.cpu(), w.cpu(), rstd.cpu(), BT, H, dv);
+        gpu::ops.head_norm_gate_backward(d_o.gpu(), dog.gpu(), dw.gpu(), dout.gpu(), o.gpu(), og.gpu(), w.gpu(), rstd.gpu(), BT, H, dv);
         check("head_norm_gate do", d_o, TOL_ELEM);
         check("head_norm_gate dog", dog, TOL_ELEM);
         check("head_norm_gate dw", dw, TOL_ELEM);
@@ -220,19 +159,19 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         const int B = 2, T = 19, Cc = 35, W = 4, stride = 50;  // rows of `in` are slices of wider rows
         auto in = A.normal(B * T * stride, &r), w = A.normal(Cc * W, &r, 0.5f), bias = A.normal(Cc, &r, 0.1f);
         auto out = A.zeros(B * T * Cc), pre = A.zeros(B * T * Cc), state = A.normal(B * (W - 1) * Cc, &r);
-        cpu::conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), nullptr, B, T, Cc, W);
-        gpu::conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), nullptr, B, T, Cc, W);
+        cpu::ops.conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), nullptr, B, T, Cc, W);
+        gpu::ops.conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), nullptr, B, T, Cc, W);
         check("conv out", out, TOL_ELEM);
         check("conv pre", pre, TOL_ELEM);
         auto dout = A.normal(B * T * Cc, &r), din = A.normal(B * T * stride, &r), dw = A.normal(Cc * W, &r), db = A.normal(Cc, &r);
-        cpu::conv1d_silu_backward(din.cpu(), stride, dw.cpu(), db.cpu(), dout.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), B, T, Cc, W);
-        gpu::conv1d_silu_backward(din.gpu(), stride, dw.gpu(), db.gpu(), dout.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), B, T, Cc, W);
+        cpu::ops.conv1d_silu_backward(din.cpu(), stride, dw.cpu(), db.cpu(), dout.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), B, T, Cc, W);
+        gpu::ops.conv1d_silu_backward(din.gpu(), stride, dw.gpu(), db.gpu(), dout.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), B, T, Cc, W);
         check("conv din", din, TOL_ELEM);
         check("conv dw", dw, TOL_ELEM);
         check("conv dbias", db, TOL_ELEM);
         for (int Tc : {1, 2, 7}) {  // shorter than the window, and longer
-            cpu::conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), state.cpu(), B, Tc, Cc, W);
-            gpu::conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), state.gpu(), B, Tc, Cc, W);
+            cpu::ops.conv1d_silu_forward(out.cpu(), pre.cpu(), in.cpu(), stride, w.cpu(), bias.cpu(), state.cpu(), B, Tc, Cc, W);
+            gpu::ops.conv1d_silu_forward(out.gpu(), pre.gpu(), in.gpu(), stride, w.gpu(), bias.gpu(), state.gpu(), B, Tc, Cc, W);
             check("conv out with a window", out, TOL_ELEM);
             check("conv window after", state, TOL_ELEM);
         }
@@ -241,27 +180,27 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         const int nh = 5, stride = 12, E = 44, zs = 60, P = 4, N = 6, Cc = nh * P + 2 * N;
         auto raw = A.normal(BT * stride, &r), bias = A.normal(nh, &r), dt = A.zeros(BT * nh);
         auto ddt = A.normal(BT * nh, &r), draw = A.normal(BT * stride, &r), dbias = A.normal(nh, &r);
-        cpu::dt_softplus_forward(dt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
-        gpu::dt_softplus_forward(dt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
+        cpu::ops.dt_softplus_forward(dt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
+        gpu::ops.dt_softplus_forward(dt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
         check("dt softplus", dt, TOL_ELEM);
-        cpu::dt_softplus_backward(draw.cpu(), stride, dbias.cpu(), ddt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
-        gpu::dt_softplus_backward(draw.gpu(), stride, dbias.gpu(), ddt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
+        cpu::ops.dt_softplus_backward(draw.cpu(), stride, dbias.cpu(), ddt.cpu(), raw.cpu(), stride, bias.cpu(), BT, nh);
+        gpu::ops.dt_softplus_backward(draw.gpu(), stride, dbias.gpu(), ddt.gpu(), raw.gpu(), stride, bias.gpu(), BT, nh);
         check("dt softplus draw", draw, TOL_ELEM);
         check("dt softplus dbias", dbias, TOL_ELEM);
         auto y = A.normal(BT * E, &r), z = A.normal(BT * zs, &r), w = A.normal(E, &r), out = A.zeros(BT * E), rstd = A.zeros(BT);
         auto dout = A.normal(BT * E, &r), dy = A.normal(BT * E, &r), dz = A.normal(BT * zs, &r), dw = A.normal(E, &r);
-        cpu::gated_rmsnorm_forward(out.cpu(), rstd.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), BT, E);
-        gpu::gated_rmsnorm_forward(out.gpu(), rstd.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), BT, E);
+        cpu::ops.gated_rmsnorm_forward(out.cpu(), rstd.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), BT, E);
+        gpu::ops.gated_rmsnorm_forward(out.gpu(), rstd.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), BT, E);
         check("gated rmsnorm out", out, TOL_ELEM);
-        cpu::gated_rmsnorm_backward(dy.cpu(), dz.cpu(), zs, dw.cpu(), dout.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), rstd.cpu(), BT, E);
-        gpu::gated_rmsnorm_backward(dy.gpu(), dz.gpu(), zs, dw.gpu(), dout.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), rstd.gpu(), BT, E);
+        cpu::ops.gated_rmsnorm_backward(dy.cpu(), dz.cpu(), zs, dw.cpu(), dout.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), rstd.cpu(), BT, E);
+        gpu::ops.gated_rmsnorm_backward(dy.gpu(), dz.gpu(), zs, dw.gpu(), dout.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), rstd.gpu(), BT, E);
         check("gated rmsnorm dy", dy, TOL_ELEM);
         check("gated rmsnorm dz", dz, TOL_ELEM);
         check("gated rmsnorm dw", dw, TOL_ELEM);
         auto dlda = A.normal(BT * nh, &r), sdy = A.normal(BT * nh * P, &r), xbc = A.normal(BT * Cc, &r);
         auto A_log = A.uniform(nh, &r, 0.0f, 2.7f), dA = A.normal(nh, &r), dD = A.normal(nh, &r);
-        cpu::ssd_decay_backward(ddt.cpu(), dA.cpu(), dD.cpu(), dlda.cpu(), sdy.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), BT, nh, P, N);
-        gpu::ssd_decay_backward(ddt.gpu(), dA.gpu(), dD.gpu(), dlda.gpu(), sdy.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), BT, nh, P, N);
+        cpu::ops.ssd_decay_backward(ddt.cpu(), dA.cpu(), dD.cpu(), dlda.cpu(), sdy.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), BT, nh, P, N);
+        gpu::ops.ssd_decay_backward(ddt.gpu(), dA.gpu(), dD.gpu(), dlda.gpu(), sdy.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), BT, nh, P, N);
         check("ssd decay ddt", ddt, TOL_ELEM);
         check("ssd decay dA_log", dA, TOL_ELEM);
         check("ssd decay dD", dD, TOL_ELEM);
@@ -272,13 +211,13 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         auto targets = A.make(tg);
         auto logits = A.normal(BT * V, &r, 2.0f), losses = A.zeros(BT), dlogits = A.normal(BT * V, &r);
         int n_cpu = 0, n_gpu = 0;
-        float l_cpu = cpu::crossentropy_forward(losses.cpu(), &n_cpu, logits.cpu(), targets.cpu(), BT, V);
-        float l_gpu = gpu::crossentropy_forward(losses.gpu(), &n_gpu, logits.gpu(), targets.gpu(), BT, V);
+        float l_cpu = cpu::ops.crossentropy_forward(losses.cpu(), &n_cpu, logits.cpu(), targets.cpu(), BT, V);
+        float l_gpu = gpu::ops.crossentropy_forward(losses.gpu(), &n_gpu, logits.gpu(), targets.gpu(), BT, V);
         CHECK(n_gpu == n_cpu);
         CHECK(fabs(l_gpu - l_cpu) <= TOL_ELEM * fabs(l_cpu));
         check("cross-entropy losses", losses, TOL_ELEM);
-        cpu::crossentropy_backward(dlogits.cpu(), logits.cpu(), targets.cpu(), BT, V, 1.0f / n_cpu);
-        gpu::crossentropy_backward(dlogits.gpu(), logits.gpu(), targets.gpu(), BT, V, 1.0f / n_cpu);
+        cpu::ops.crossentropy_backward(dlogits.cpu(), logits.cpu(), targets.cpu(), BT, V, 1.0f / n_cpu);
+        gpu::ops.crossentropy_backward(dlogits.gpu(), logits.gpu(), targets.gpu(), BT, V, 1.0f / n_cpu);
         check("cross-entropy dlogits", dlogits, TOL_ELEM);
     }
     SUBCASE("AdamW") {
@@ -286,8 +225,8 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         auto p = A.normal(n, &r), g = A.normal(n, &r), m = A.normal(n, &r, 0.1f), v = A.uniform(n, &r, 0.0f, 0.1f);
         AdamWConfig opt;
         for (int step = 1; step <= 3; step++) {
-            cpu::adamw_update(p.cpu(), g.cpu(), m.cpu(), v.cpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
-            gpu::adamw_update(p.gpu(), g.gpu(), m.gpu(), v.gpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
+            cpu::ops.adamw_update(p.cpu(), g.cpu(), m.cpu(), v.cpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
+            gpu::ops.adamw_update(p.gpu(), g.gpu(), m.gpu(), v.gpu(), n, 1e-2f, 0.5f, 0.1f, step, &opt);
         }
         check("adamw params", p, TOL_ELEM);
         check("adamw m", m, TOL_ELEM);
@@ -310,15 +249,15 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
     auto dout = A.normal(BT * V, &r), scratch = A.scratch(spt, B * H);
     // recurrent
     auto o = A.zeros(BT * V), S = A.normal(B * H * X, &r, 0.3f), S_all = A.zeros(BT * H * X);
-    cpu::gla_recurrent_forward(o.cpu(), S.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V);
-    gpu::gla_recurrent_forward(o.gpu(), S.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V);
+    cpu::ops.gla_recurrent_forward(o.cpu(), S.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V);
+    gpu::ops.gla_recurrent_forward(o.gpu(), S.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V);
     check("gla recurrent o", o, TOL_SCAN);
     check("gla recurrent final state", S, TOL_SCAN);
     check("gla recurrent S_all", S_all, TOL_SCAN);
     auto dq = A.normal(BT * K, &r), dk = A.normal(BT * K, &r), dv = A.normal(BT * V, &r), da = A.normal(BT * K, &r);
-    cpu::gla_recurrent_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
+    cpu::ops.gla_recurrent_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), S_all.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
                                 B, T, H, K, V, scratch.cpu(), spt);
-    gpu::gla_recurrent_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
+    gpu::ops.gla_recurrent_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), S_all.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
                                 B, T, H, K, V, scratch.gpu(), spt);
     check("gla recurrent dq", dq, TOL_SCAN);
     check("gla recurrent dk", dk, TOL_SCAN);
@@ -329,13 +268,13 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
     for (int i = 0; i < B * H; i++)
         for (size_t x = 0; x < X; x++) S0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
     auto Sc = A.make(S0);
-    cpu::gla_chunk_forward(o.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V, scratch.cpu(), spt);
-    gpu::gla_chunk_forward(o.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V, scratch.gpu(), spt);
+    cpu::ops.gla_chunk_forward(o.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V, scratch.cpu(), spt);
+    gpu::ops.gla_chunk_forward(o.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V, scratch.gpu(), spt);
     check("gla chunked o", o, TOL_SCAN);
     check("gla chunk states", Sc, TOL_SCAN);
-    cpu::gla_chunk_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
+    cpu::ops.gla_chunk_backward(dq.cpu(), dk.cpu(), dv.cpu(), da.cpu(), dout.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(),
                             B, T, H, K, V, scratch.cpu(), spt);
-    gpu::gla_chunk_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
+    gpu::ops.gla_chunk_backward(dq.gpu(), dk.gpu(), dv.gpu(), da.gpu(), dout.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(),
                             B, T, H, K, V, scratch.gpu(), spt);
     check("gla chunked dq", dq, TOL_SCAN);
     check("gla chunked dk", dk, TOL_SCAN);
@@ -367,15 +306,15 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
     auto dy = A.normal(BT * E, &r), scratch = A.scratch(spt, B * nh);
     // recurrent
     auto y = A.zeros(BT * E), hs = A.normal(B * nh * X, &r, 0.3f), h_all = A.zeros(BT * nh * X);
-    cpu::ssd_recurrent_forward(y.cpu(), hs.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N);
-    gpu::ssd_recurrent_forward(y.gpu(), hs.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N);
+    cpu::ops.ssd_recurrent_forward(y.cpu(), hs.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N);
+    gpu::ops.ssd_recurrent_forward(y.gpu(), hs.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N);
     check("ssd recurrent y", y, TOL_SCAN);
     check("ssd recurrent final state", hs, TOL_SCAN);
     check("ssd recurrent h_all", h_all, TOL_SCAN);
     auto dxbc = A.normal(BT * Cc, &r), ddt = A.normal(BT * nh, &r), dlda = A.normal(BT * nh, &r);
-    cpu::ssd_recurrent_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
+    cpu::ops.ssd_recurrent_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), h_all.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
                                 B, T, nh, P, N, scratch.cpu(), spt);
-    gpu::ssd_recurrent_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
+    gpu::ops.ssd_recurrent_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), h_all.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
                                 B, T, nh, P, N, scratch.gpu(), spt);
     check("ssd recurrent dxbc", dxbc, TOL_SCAN);
     check("ssd recurrent ddt", ddt, TOL_SCAN);
@@ -385,13 +324,13 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
     for (int i = 0; i < B * nh; i++)
         for (size_t x = 0; x < X; x++) H0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
     auto hc = A.make(H0);
-    cpu::ssd_chunk_forward(y.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N, scratch.cpu(), spt);
-    gpu::ssd_chunk_forward(y.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N, scratch.gpu(), spt);
+    cpu::ops.ssd_chunk_forward(y.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N, scratch.cpu(), spt);
+    gpu::ops.ssd_chunk_forward(y.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N, scratch.gpu(), spt);
     check("ssd chunked y", y, TOL_SCAN);
     check("ssd chunk states", hc, TOL_SCAN);
-    cpu::ssd_chunk_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
+    cpu::ops.ssd_chunk_backward(dxbc.cpu(), ddt.cpu(), dlda.cpu(), dy.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(),
                             B, T, nh, P, N, scratch.cpu(), spt);
-    gpu::ssd_chunk_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
+    gpu::ops.ssd_chunk_backward(dxbc.gpu(), ddt.gpu(), dlda.gpu(), dy.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(),
                             B, T, nh, P, N, scratch.gpu(), spt);
     check("ssd chunked dxbc", dxbc, TOL_SCAN);
     check("ssd chunked ddt", ddt, TOL_SCAN);

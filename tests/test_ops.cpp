@@ -12,8 +12,8 @@ TEST_CASE("fd: encoder") {
     int BT = 7, D = 5, vocab = 4;
     int tokens[7] = {0, 3, 3, 1, 0, 2, 3};
     Vec embed = normal_vec(vocab * D, &r), R = normal_vec(BT * D, &r), out(BT * D), dembed(vocab * D);
-    cpu::encoder_backward(dembed.data(), R.data(), tokens, BT, D);
-    auto loss = [&] { cpu::encoder_forward(out.data(), tokens, embed.data(), BT, D); return dot_loss(out.data(), R.data(), out.size()); };
+    cpu::ops.encoder_backward(dembed.data(), R.data(), tokens, BT, D);
+    auto loss = [&] { cpu::ops.encoder_forward(out.data(), tokens, embed.data(), BT, D); return dot_loss(out.data(), R.data(), out.size()); };
     CHECK(fd_check(loss, embed.data(), dembed.data(), embed.size(), &r) < FD_TOL);
 }
 
@@ -21,9 +21,9 @@ TEST_CASE("fd: rmsnorm") {
     Rng r = {2};
     int N = 6, D = 19;
     Vec x = normal_vec(N * D, &r), w = normal_vec(D, &r), R = normal_vec(N * D, &r), out(N * D), rstd(N), dx(N * D), dw(D);
-    cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D);
-    cpu::rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), N, D);
-    auto loss = [&] { cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D); return dot_loss(out.data(), R.data(), out.size()); };
+    cpu::ops.rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D);
+    cpu::ops.rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), N, D);
+    auto loss = [&] { cpu::ops.rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, D); return dot_loss(out.data(), R.data(), out.size()); };
     CHECK(fd_check(loss, x.data(), dx.data(), x.size(), &r) < FD_TOL);
     CHECK(fd_check(loss, w.data(), dw.data(), w.size(), &r) < FD_TOL);
 }
@@ -33,8 +33,8 @@ TEST_CASE("fd: matmul with bias") {
     int N = 5, C = 7, OC = 9;
     Vec x = normal_vec(N * C, &r), w = normal_vec(OC * C, &r), bias = normal_vec(OC, &r), R = normal_vec(N * OC, &r);
     Vec out(N * OC), dx(N * C), dw(OC * C), db(OC);
-    cpu::matmul_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), N, C, OC);
-    auto loss = [&] { cpu::matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, C, OC); return dot_loss(out.data(), R.data(), out.size()); };
+    cpu::ops.matmul_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), N, C, OC);
+    auto loss = [&] { cpu::ops.matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, C, OC); return dot_loss(out.data(), R.data(), out.size()); };
     CHECK(fd_check(loss, x.data(), dx.data(), x.size(), &r) < FD_TOL);
     CHECK(fd_check(loss, w.data(), dw.data(), w.size(), &r) < FD_TOL);
     CHECK(fd_check(loss, bias.data(), db.data(), bias.size(), &r) < FD_TOL);
@@ -44,13 +44,13 @@ TEST_CASE("fd: swiglu and the GLA gate") {
     Rng r = {4};
     size_t n = 40;
     Vec g = normal_vec(n, &r, 2), u = normal_vec(n, &r), R = normal_vec(n, &r), h(n), dg(n), du(n);
-    cpu::swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
-    auto loss = [&] { cpu::swiglu_forward(h.data(), g.data(), u.data(), n); return dot_loss(h.data(), R.data(), n); };
+    cpu::ops.swiglu_backward(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
+    auto loss = [&] { cpu::ops.swiglu_forward(h.data(), g.data(), u.data(), n); return dot_loss(h.data(), R.data(), n); };
     CHECK(fd_check(loss, g.data(), dg.data(), n, &r) < FD_TOL);
     CHECK(fd_check(loss, u.data(), du.data(), n, &r) < FD_TOL);
     Vec x = normal_vec(n, &r, 3), a(n), dx(n);
-    cpu::gla_gate_backward(dx.data(), R.data(), x.data(), n);
-    auto loss2 = [&] { cpu::gla_gate_forward(a.data(), x.data(), n); return dot_loss(a.data(), R.data(), n); };
+    cpu::ops.gla_gate_backward(dx.data(), R.data(), x.data(), n);
+    auto loss2 = [&] { cpu::ops.gla_gate_forward(a.data(), x.data(), n); return dot_loss(a.data(), R.data(), n); };
     CHECK(fd_check(loss2, x.data(), dx.data(), n, &r) < FD_TOL);
 }
 
@@ -60,10 +60,10 @@ TEST_CASE("fd: GLA per-head norm and output gate") {
     size_t n = (size_t)BT * H * dv;
     Vec o = normal_vec(n, &r), og = normal_vec(n, &r), w = normal_vec(dv, &r), R = normal_vec(n, &r);
     Vec out(n), rstd(BT * H), d_o(n), dog(n), dw(dv);
-    cpu::head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
-    cpu::head_norm_gate_backward(d_o.data(), dog.data(), dw.data(), R.data(), o.data(), og.data(), w.data(), rstd.data(), BT, H, dv);
+    cpu::ops.head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
+    cpu::ops.head_norm_gate_backward(d_o.data(), dog.data(), dw.data(), R.data(), o.data(), og.data(), w.data(), rstd.data(), BT, H, dv);
     auto loss = [&] {
-        cpu::head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
+        cpu::ops.head_norm_gate_forward(out.data(), rstd.data(), o.data(), og.data(), w.data(), BT, H, dv);
         return dot_loss(out.data(), R.data(), n);
     };
     CHECK(fd_check(loss, o.data(), d_o.data(), n, &r) < FD_TOL);
@@ -76,10 +76,10 @@ TEST_CASE("fd: Mamba2 conv1d + SiLU, softplus dt, gated rmsnorm") {
     int B = 2, T = 9, Cc = 70, W = 4, stride = 75;  // strided input rows, a partial channel block
     Vec in = normal_vec((size_t)B * T * stride, &r), w = normal_vec(Cc * W, &r, 0.5f), bias = normal_vec(Cc, &r, 0.1f);
     Vec R = normal_vec((size_t)B * T * Cc, &r), out(B * T * Cc), pre(B * T * Cc), din(in.size()), dw(Cc * W), db(Cc);
-    cpu::conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
-    cpu::conv1d_silu_backward(din.data(), stride, dw.data(), db.data(), R.data(), pre.data(), in.data(), stride, w.data(), B, T, Cc, W);
+    cpu::ops.conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
+    cpu::ops.conv1d_silu_backward(din.data(), stride, dw.data(), db.data(), R.data(), pre.data(), in.data(), stride, w.data(), B, T, Cc, W);
     auto loss = [&] {
-        cpu::conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
+        cpu::ops.conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
         return dot_loss(out.data(), R.data(), out.size());
     };
     CHECK(fd_check(loss, in.data(), din.data(), in.size(), &r) < FD_TOL);
@@ -88,18 +88,18 @@ TEST_CASE("fd: Mamba2 conv1d + SiLU, softplus dt, gated rmsnorm") {
 
     int BT = 6, nh = 3, rs = 5;
     Vec raw = normal_vec(BT * rs, &r), dtb = normal_vec(nh, &r), Rd = normal_vec(BT * nh, &r), dt(BT * nh), draw(BT * rs), ddtb(nh);
-    cpu::dt_softplus_backward(draw.data(), rs, ddtb.data(), Rd.data(), raw.data(), rs, dtb.data(), BT, nh);
-    auto loss2 = [&] { cpu::dt_softplus_forward(dt.data(), raw.data(), rs, dtb.data(), BT, nh); return dot_loss(dt.data(), Rd.data(), dt.size()); };
+    cpu::ops.dt_softplus_backward(draw.data(), rs, ddtb.data(), Rd.data(), raw.data(), rs, dtb.data(), BT, nh);
+    auto loss2 = [&] { cpu::ops.dt_softplus_forward(dt.data(), raw.data(), rs, dtb.data(), BT, nh); return dot_loss(dt.data(), Rd.data(), dt.size()); };
     CHECK(fd_check(loss2, raw.data(), draw.data(), raw.size(), &r) < FD_TOL);
     CHECK(fd_check(loss2, dtb.data(), ddtb.data(), nh, &r) < FD_TOL);
 
     int E = 11, zs = 15;
     Vec y = normal_vec(BT * E, &r), z = normal_vec(BT * zs, &r), gw = normal_vec(E, &r), Rg = normal_vec(BT * E, &r);
     Vec go(BT * E), grstd(BT), dy(BT * E), dz(BT * zs), dgw(E);
-    cpu::gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
-    cpu::gated_rmsnorm_backward(dy.data(), dz.data(), zs, dgw.data(), Rg.data(), y.data(), z.data(), zs, gw.data(), grstd.data(), BT, E);
+    cpu::ops.gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
+    cpu::ops.gated_rmsnorm_backward(dy.data(), dz.data(), zs, dgw.data(), Rg.data(), y.data(), z.data(), zs, gw.data(), grstd.data(), BT, E);
     auto loss3 = [&] {
-        cpu::gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
+        cpu::ops.gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
         return dot_loss(go.data(), Rg.data(), go.size());
     };
     CHECK(fd_check(loss3, y.data(), dy.data(), y.size(), &r) < FD_TOL);
@@ -113,16 +113,16 @@ TEST_CASE("fd: cross-entropy with ignored targets") {
     int targets[6] = {3, -1, 12, 0, -1, 7};
     Vec logits = normal_vec(BT * V, &r, 2), losses(BT), dl(BT * V);
     int n = 0;
-    float L = cpu::crossentropy_forward(losses.data(), &n, logits.data(), targets, BT, V);
+    float L = cpu::ops.crossentropy_forward(losses.data(), &n, logits.data(), targets, BT, V);
     CHECK(n == 4);
     CHECK(losses[1] == 0.0f);
-    cpu::crossentropy_backward(dl.data(), logits.data(), targets, BT, V, 1.0f / n);
+    cpu::ops.crossentropy_backward(dl.data(), logits.data(), targets, BT, V, 1.0f / n);
     for (int i = 0; i < V; i++) CHECK(dl[1 * V + i] == 0.0f);  // ignored rows get no gradient
-    auto loss = [&] { int m; return (double)cpu::crossentropy_forward(losses.data(), &m, logits.data(), targets, BT, V); };
+    auto loss = [&] { int m; return (double)cpu::ops.crossentropy_forward(losses.data(), &m, logits.data(), targets, BT, V); };
     CHECK(fd_check(loss, logits.data(), dl.data(), logits.size(), &r) < FD_TOL);
     CHECK(L > 0);
     int none[6] = {-1, -1, -1, -1, -1, -1};  // no targets at all: loss 0
-    CHECK(cpu::crossentropy_forward(losses.data(), &n, logits.data(), none, BT, V) == 0.0f);
+    CHECK(cpu::ops.crossentropy_forward(losses.data(), &n, logits.data(), none, BT, V) == 0.0f);
     CHECK(n == 0);
 }
 
@@ -163,13 +163,13 @@ static GlaResult gla_run(GlaCase &g, bool chunked) {
     GlaResult res{Vec((size_t)B * T * V), Vec(g.q.size()), Vec(g.k.size()), Vec(g.v.size()), Vec(g.a.size())};
     if (chunked) {
         Vec S((size_t)B * H * (n_chunks(T, GLA_CHUNK) + 1) * hk * hv);
-        cpu::gla_chunk_forward(res.o.data(), S.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
-        cpu::gla_chunk_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S.data(), g.q.data(), g.k.data(),
+        cpu::ops.gla_chunk_forward(res.o.data(), S.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+        cpu::ops.gla_chunk_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S.data(), g.q.data(), g.k.data(),
                                 g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
     } else {
         Vec S((size_t)B * H * hk * hv), S_all((size_t)B * H * T * hk * hv);
-        cpu::gla_recurrent_forward(res.o.data(), S.data(), S_all.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V);
-        cpu::gla_recurrent_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S_all.data(), g.q.data(),
+        cpu::ops.gla_recurrent_forward(res.o.data(), S.data(), S_all.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V);
+        cpu::ops.gla_recurrent_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S_all.data(), g.q.data(),
                                     g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
     }
     return res;
@@ -239,16 +239,16 @@ static SsdResult ssd_run(SsdCase &s, bool chunked) {
     SsdResult res{Vec((size_t)B * T * E), Vec(s.xbc.size()), Vec(s.dt.size()), Vec(nh), Vec(nh)};
     if (chunked) {
         Vec hs((size_t)B * nh * (n_chunks(T, SSD_CHUNK) + 1) * P * N);
-        cpu::ssd_chunk_forward(res.y.data(), hs.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
-        cpu::ssd_chunk_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), hs.data(), s.xbc.data(), s.dt.data(),
+        cpu::ops.ssd_chunk_forward(res.y.data(), hs.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
+        cpu::ops.ssd_chunk_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), hs.data(), s.xbc.data(), s.dt.data(),
                                 s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
     } else {
         Vec hs((size_t)B * nh * P * N), h_all((size_t)B * nh * T * P * N);
-        cpu::ssd_recurrent_forward(res.y.data(), hs.data(), h_all.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N);
-        cpu::ssd_recurrent_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), h_all.data(), s.xbc.data(), s.dt.data(),
+        cpu::ops.ssd_recurrent_forward(res.y.data(), hs.data(), h_all.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N);
+        cpu::ops.ssd_recurrent_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), h_all.data(), s.xbc.data(), s.dt.data(),
                                     s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
     }
-    cpu::ssd_decay_backward(res.ddt.data(), res.dA_log.data(), res.dD.data(), dlda.data(), s.dy.data(), s.xbc.data(), s.dt.data(),
+    cpu::ops.ssd_decay_backward(res.ddt.data(), res.dA_log.data(), res.dD.data(), dlda.data(), s.dy.data(), s.xbc.data(), s.dt.data(),
                             s.A_log.data(), B * T, nh, P, N);
     return res;
 }

@@ -61,56 +61,6 @@ inline bool load_model(const std::string &path, Model *m) {
     return true;
 }
 
-// The CPU ops the tests call one by one (statex_cpu.cpp).
-namespace cpu {
-void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D);
-void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D);
-void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D);
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int D);
-void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);
-void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC);
-void swiglu_forward(float *h, const float *g, const float *u, size_t n);
-void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
-void gla_gate_forward(float *a, const float *x, size_t n);
-void gla_gate_backward(float *dx, const float *da, const float *x, size_t n);
-void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, const float *k, const float *v, const float *a,
-                           int B, int T, int H, int K, int V);
-void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all, const float *q,
-                            const float *k, const float *v, const float *a, int B, int T, int H, int K, int V, float *scratch,
-                            size_t scratch_per_thread);
-void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int B, int T, int H,
-                       int K, int V, float *scratch, size_t scratch_per_thread);
-void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S, const float *q,
-                        const float *k, const float *v, const float *a, int B, int T, int H, int K, int V, float *scratch,
-                        size_t scratch_per_thread);
-void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv);
-void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og, const float *w,
-                             const float *rstd, int BT, int H, int dv);
-void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
-                         float *conv_state, int B, int T, int Cc, int W);
-void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
-                          const float *in, int in_stride, const float *w, int B, int T, int Cc, int W);
-void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh);
-void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
-                          const float *bias, int BT, int nh);
-void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
-                           const float *Dskip, int B, int T, int nh, int P, int N);
-void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all, const float *xbc,
-                            const float *dt, const float *A_log, const float *Dskip, int B, int T, int nh, int P, int N,
-                            float *scratch, size_t scratch_per_thread);
-void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip, int B,
-                       int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread);
-void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
-                        const float *dt, const float *A_log, const float *Dskip, int B, int T, int nh, int P, int N,
-                        float *scratch, size_t scratch_per_thread);
-void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
-                        const float *dt, const float *A_log, int BT, int nh, int P, int N);
-void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E);
-void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
-                            int z_stride, const float *w, const float *rstd, int BT, int E);
-float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V);
-void crossentropy_backward(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss);
-}  // namespace cpu
 
 // sum(out * R) in double: the scalar the finite-difference checks differentiate
 inline double dot_loss(const float *out, const float *R, size_t n) {
