@@ -148,7 +148,7 @@ inline int m2_nheads(const Config *c) { return c->d_inner / c->headdim; }
 inline int m2_conv_dim(const Config *c, int l) { return c->d_inner + 2 * c->d_state[l]; }            // x, B, C
 inline int m2_in_dim(const Config *c, int l) { return 2 * c->d_inner + 2 * c->d_state[l] + m2_nheads(c); }  // z, xBC, dt
 
-// Recurrent state of layer l, in floats (DESIGN: GLA K*V/H; Mamba2 SSM + conv).
+// Recurrent state of layer l, in floats (README "The math": GLA K*V/H; Mamba2 SSM + conv).
 inline size_t layer_state_floats(const Config *c, int l) {
     if (c->family == FAMILY_GLA) return (size_t)c->key_dim * c->value_dim / c->n_head[l];
     return (size_t)c->d_inner * c->d_state[l] + (size_t)(c->d_conv - 1) * m2_conv_dim(c, l);
@@ -211,7 +211,7 @@ struct ParamTensor {
     size_t size() const { return (size_t)rows * cols; }
 };
 
-// The single source of truth for the parameter order of DESIGN section 6.
+// The single source of truth for the parameter order (README, "File formats").
 // Returns the table; when `base` is given, also points `w` into it.
 inline std::vector<ParamTensor> param_layout(const Config *c, float *base = nullptr, Weights *w = nullptr) {
     std::vector<ParamTensor> t;
@@ -317,29 +317,11 @@ struct Acts {
     size_t scratch_per_task;            // floats per slice (CPU: per OpenMP thread; GPU: per block)
 };
 
-// Per-thread scratch of the scans, in floats, for the largest layer: GLA's
-// chunk work space (see GlaWork in statex_cpu.cpp), Mamba2's backward buffers.
-inline size_t scan_scratch_floats(const Config *c) {
-    size_t most = 0;
-    for (int l = 0; l < c->n_layer; l++) {
-        size_t s;
-        if (c->family == FAMILY_GLA) {
-            size_t hk = c->key_dim / c->n_head[l], hv = c->value_dim / c->n_head[l], C = GLA_CHUNK;
-            s = C * hk * 4 + C * C * hk + 2 * C * C + hk * hv + hk;
-        } else {
-            size_t N = c->d_state[l], P = c->headdim, nh = m2_nheads(c), C = SSD_CHUNK;
-            s = std::max(C + C * C + 2 * C * P,                                 // forward
-                         nh * P * N + nh + 3 * C + 3 * C * C + 2 * C * P + 3 * C * N);  // backward
-        }
-        most = std::max(most, s);
-    }
-    return most;
-}
-
 // Lays the activations out in one buffer (two passes: sizes, then pointers).
 // Returns the total size in floats. keep_steps: also room for the per-step
 // states of the recurrent form (tests only; grows with T*state).
-inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, bool keep_steps, float *base, Acts *a) {
+inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, size_t scratch_per_task, bool keep_steps,
+                          float *base, Acts *a) {
     size_t off = 0;
     auto take = [&](float **slot, size_t n) {
         if (base) *slot = base + off;
@@ -387,7 +369,9 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, bool keep_
     take(&a->dres, BT * D);
     for (int i = 0; i < 9; i++) take(&a->drows[i], BT * widest);
     take(&a->dlogits, BT * c->vocab_size);
-    a->scratch_per_task = (scan_scratch_floats(c) + 15) & ~(size_t)15;
+    // the scans' work space: n_tasks slices, each as large as the backend asks
+    // (cpu:: and gpu::scan_work_floats), rounded up to keep every slice aligned
+    a->scratch_per_task = (scratch_per_task + 15) & ~(size_t)15;
     take(&a->scratch, a->scratch_per_task * n_tasks);
     return off;
 }
@@ -575,7 +559,7 @@ inline void read_model_or_die(const std::string &path, Config *c, float **params
     if (!e.empty()) die("%s", e.c_str());
 }
 
-// Debug state (DESIGN section 7): inputs, targets, logits, loss, gradients.
+// Debug state (README, "File formats"): inputs, targets, logits, loss, gradients.
 struct DebugState {
     int B, T, vocab_size;
     size_t num_params;
@@ -686,6 +670,8 @@ void state_free(RecState *s);
 size_t state_floats(const Config *c, int l, int B);
 // the measured float32 GEMM rate of this machine (Eigen, all threads), GFLOP/s
 double gemm_gflops(int M, int N, int K);
+// floats of scan scratch one parallel task needs for this config (the largest layer)
+size_t scan_work_floats(const Config *c);
 // StateX: expand the state of every `every`-th layer (statex_cpu.cpp has the
 // modes); writes a new config and a fresh malloc'ed buffer. "" or the reason.
 std::string expand_model(const Config *in, const float *params_in, const std::string &mode, int every, int factor,
@@ -840,38 +826,38 @@ inline std::string forward_problem(const Model *m, int B, int T, const RecState 
 inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, float *out, RecState *st) {
     const Config *c = &m->config;
     const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
+    LayerActs *act = &m->acts.layer[l];
     int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
     int H = c->n_head[l], dk = K / H, dv = V / H;
     size_t X = (size_t)dk * dv;  // one head's state
-    op->rmsnorm_forward(A->attn_in, A->attn_rstd, A->res, W->attn_norm, BT, D);
-    op->matmul_forward(A->q, A->attn_in, W->q_proj, nullptr, BT, D, K);
-    op->matmul_forward(A->k, A->attn_in, W->k_proj, nullptr, BT, D, K);
-    op->matmul_forward(A->v, A->attn_in, W->v_proj, nullptr, BT, D, V);
-    op->matmul_forward(A->og, A->attn_in, W->g_proj, nullptr, BT, D, V);
-    op->matmul_forward(A->gk_low, A->attn_in, W->gk_proj0, nullptr, BT, D, r);
-    op->matmul_forward(A->gk_pre, A->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
-    op->gla_gate_forward(A->gate, A->gk_pre, (size_t)BT * K);
+    op->rmsnorm_forward(act->attn_in, act->attn_rstd, act->res, W->attn_norm, BT, D);
+    op->matmul_forward(act->q, act->attn_in, W->q_proj, nullptr, BT, D, K);
+    op->matmul_forward(act->k, act->attn_in, W->k_proj, nullptr, BT, D, K);
+    op->matmul_forward(act->v, act->attn_in, W->v_proj, nullptr, BT, D, V);
+    op->matmul_forward(act->og, act->attn_in, W->g_proj, nullptr, BT, D, V);
+    op->matmul_forward(act->gk_low, act->attn_in, W->gk_proj0, nullptr, BT, D, r);
+    op->matmul_forward(act->gk_pre, act->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
+    op->gla_gate_forward(act->gate, act->gk_pre, (size_t)BT * K);
     if (m->mixer_form == MIX_CHUNKED) {
         int nc = n_chunks(T, GLA_CHUNK);
-        op->copy_states(A->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
-        op->gla_chunk_forward(A->o, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, m->acts.scratch,
+        op->copy_states(act->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
+        op->gla_chunk_forward(act->o, act->S, act->q, act->k, act->v, act->gate, B, T, H, K, V, m->acts.scratch,
                               m->acts.scratch_per_task);
-        if (st) op->copy_states(A->S, nc + 1, nc, st->layer[l], B * H, X, false);
+        if (st) op->copy_states(act->S, nc + 1, nc, st->layer[l], B * H, X, false);
     } else {
-        float *run = st ? st->layer[l] : A->S;  // A->S is free scratch in this form
+        float *run = st ? st->layer[l] : act->S;  // act->S is free scratch in this form
         if (!st) op->zero(run, (size_t)B * H * X);
-        op->gla_recurrent_forward(A->o, run, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V);
+        op->gla_recurrent_forward(act->o, run, act->S_all, act->q, act->k, act->v, act->gate, B, T, H, K, V);
     }
-    op->head_norm_gate_forward(A->o_out, A->o_rstd, A->o, A->og, W->g_norm, BT, H, dv);
-    op->matmul_forward(A->res_mid, A->o_out, W->o_proj, nullptr, BT, V, D);
-    op->residual_forward(A->res_mid, A->res_mid, A->res, (size_t)BT * D);
-    op->rmsnorm_forward(A->mlp_in, A->mlp_rstd, A->res_mid, W->mlp_norm, BT, D);
-    op->matmul_forward(A->mlp_gate, A->mlp_in, W->gate_proj, nullptr, BT, D, F);
-    op->matmul_forward(A->mlp_up, A->mlp_in, W->up_proj, nullptr, BT, D, F);
-    op->swiglu_forward(A->mlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    op->matmul_forward(out, A->mlp_h, W->down_proj, nullptr, BT, F, D);
-    op->residual_forward(out, out, A->res_mid, (size_t)BT * D);
+    op->head_norm_gate_forward(act->o_out, act->o_rstd, act->o, act->og, W->g_norm, BT, H, dv);
+    op->matmul_forward(act->res_mid, act->o_out, W->o_proj, nullptr, BT, V, D);
+    op->residual_forward(act->res_mid, act->res_mid, act->res, (size_t)BT * D);
+    op->rmsnorm_forward(act->mlp_in, act->mlp_rstd, act->res_mid, W->mlp_norm, BT, D);
+    op->matmul_forward(act->mlp_gate, act->mlp_in, W->gate_proj, nullptr, BT, D, F);
+    op->matmul_forward(act->mlp_up, act->mlp_in, W->up_proj, nullptr, BT, D, F);
+    op->swiglu_forward(act->mlp_h, act->mlp_gate, act->mlp_up, (size_t)BT * F);
+    op->matmul_forward(out, act->mlp_h, W->down_proj, nullptr, BT, F, D);
+    op->residual_forward(out, out, act->res_mid, (size_t)BT * D);
 }
 
 // Mamba2 block: x += mixer(rmsnorm(x) * norm). The recurrent state of a layer
@@ -879,29 +865,29 @@ inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, floa
 inline void mamba2_layer_forward(const Ops *op, Model *m, int l, int B, int T, float *out, RecState *st) {
     const Config *c = &m->config;
     const LayerWeights *W = &m->w.layer[l];
-    LayerActs *A = &m->acts.layer[l];
+    LayerActs *act = &m->acts.layer[l];
     int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
     int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
     size_t X = (size_t)P * N;  // one head's state
     float *conv_state = st ? st->layer[l] + (size_t)B * nh * X : nullptr;
-    op->rmsnorm_forward(A->norm_out, A->norm_rstd, A->res, W->norm, BT, D);
-    op->matmul_forward(A->zxbcdt, A->norm_out, W->in_proj, nullptr, BT, D, Din);
-    op->conv1d_silu_forward(A->xbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
-    op->dt_softplus_forward(A->dt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    op->rmsnorm_forward(act->norm_out, act->norm_rstd, act->res, W->norm, BT, D);
+    op->matmul_forward(act->zxbcdt, act->norm_out, W->in_proj, nullptr, BT, D, Din);
+    op->conv1d_silu_forward(act->xbc, act->conv_pre, act->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
+    op->dt_softplus_forward(act->dt, act->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
     if (m->mixer_form == MIX_CHUNKED) {
         int nc = n_chunks(T, SSD_CHUNK);
-        op->copy_states(A->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
-        op->ssd_chunk_forward(A->y, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch,
+        op->copy_states(act->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
+        op->ssd_chunk_forward(act->y, act->h, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch,
                               m->acts.scratch_per_task);
-        if (st) op->copy_states(A->h, nc + 1, nc, st->layer[l], B * nh, X, false);
+        if (st) op->copy_states(act->h, nc + 1, nc, st->layer[l], B * nh, X, false);
     } else {
-        float *run = st ? st->layer[l] : A->h;  // A->h is free scratch in this form
+        float *run = st ? st->layer[l] : act->h;  // act->h is free scratch in this form
         if (!st) op->zero(run, (size_t)B * nh * X);
-        op->ssd_recurrent_forward(A->y, run, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N);
+        op->ssd_recurrent_forward(act->y, run, act->h_all, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N);
     }
-    op->gated_rmsnorm_forward(A->y_out, A->y_rstd, A->y, A->zxbcdt, Din, W->gnorm, BT, E);
-    op->matmul_forward(out, A->y_out, W->out_proj, nullptr, BT, E, D);
-    op->residual_forward(out, out, A->res, (size_t)BT * D);
+    op->gated_rmsnorm_forward(act->y_out, act->y_rstd, act->y, act->zxbcdt, Din, W->gnorm, BT, E);
+    op->matmul_forward(out, act->y_out, W->out_proj, nullptr, BT, E, D);
+    op->residual_forward(out, out, act->res, (size_t)BT * D);
 }
 
 // The whole forward. tokens, targets: in the backend's memory (targets may be
@@ -933,7 +919,7 @@ inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     const Config *c = &m->config;
     const LayerWeights *W = &m->w.layer[l];
     LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
+    LayerActs *act = &m->acts.layer[l];
     Acts *a = &m->acts;
     int BT = B * T, D = c->d_model, K = c->key_dim, V = c->value_dim, r = c->gate_rank, F = c->mlp_hidden;
     int H = c->n_head[l], dv = V / H;
@@ -942,41 +928,41 @@ inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     float *dmlp_h = d[0], *dmlp_gate = d[1], *dmlp_up = d[2], *dmlp_in = d[3];  // [BT, F] x 3, [BT, D]
     op->zero(dmlp_h, (size_t)BT * F); op->zero(dmlp_gate, (size_t)BT * F); op->zero(dmlp_up, (size_t)BT * F);
     op->zero(dmlp_in, (size_t)BT * D);
-    op->matmul_backward(dmlp_h, G->down_proj, nullptr, a->dres, A->mlp_h, W->down_proj, BT, F, D);
-    op->swiglu_backward(dmlp_gate, dmlp_up, dmlp_h, A->mlp_gate, A->mlp_up, (size_t)BT * F);
-    op->matmul_backward(dmlp_in, G->gate_proj, nullptr, dmlp_gate, A->mlp_in, W->gate_proj, BT, D, F);
-    op->matmul_backward(dmlp_in, G->up_proj, nullptr, dmlp_up, A->mlp_in, W->up_proj, BT, D, F);
-    op->rmsnorm_backward(a->dres, G->mlp_norm, dmlp_in, A->res_mid, W->mlp_norm, A->mlp_rstd, BT, D);  // now d res_mid
+    op->matmul_backward(dmlp_h, G->down_proj, nullptr, a->dres, act->mlp_h, W->down_proj, BT, F, D);
+    op->swiglu_backward(dmlp_gate, dmlp_up, dmlp_h, act->mlp_gate, act->mlp_up, (size_t)BT * F);
+    op->matmul_backward(dmlp_in, G->gate_proj, nullptr, dmlp_gate, act->mlp_in, W->gate_proj, BT, D, F);
+    op->matmul_backward(dmlp_in, G->up_proj, nullptr, dmlp_up, act->mlp_in, W->up_proj, BT, D, F);
+    op->rmsnorm_backward(a->dres, G->mlp_norm, dmlp_in, act->res_mid, W->mlp_norm, act->mlp_rstd, BT, D);  // now d res_mid
     // token mixing: res_mid = res + o_proj(norm_gate(scan(q, k, v, gate), og))
     float *do_out = d[0], *do_raw = d[1], *dog = d[2];          // [BT, V]: d o_out, d o (scan output), d og
     float *dq = d[3], *dk = d[4], *dv_ = d[5], *dgate = d[6];   // [BT, K], [BT, K], [BT, V], [BT, K]
     float *dgk_pre = d[7], *dgk_low = d[8], *dattn_in = d[0];  // [BT, K], [BT, r], [BT, D] (do_out is spent by then)
     op->zero(do_out, (size_t)BT * V); op->zero(do_raw, (size_t)BT * V); op->zero(dog, (size_t)BT * V);
-    op->matmul_backward(do_out, G->o_proj, nullptr, a->dres, A->o_out, W->o_proj, BT, V, D);
-    op->head_norm_gate_backward(do_raw, dog, G->g_norm, do_out, A->o, A->og, W->g_norm, A->o_rstd, BT, H, dv);
+    op->matmul_backward(do_out, G->o_proj, nullptr, a->dres, act->o_out, W->o_proj, BT, V, D);
+    op->head_norm_gate_backward(do_raw, dog, G->g_norm, do_out, act->o, act->og, W->g_norm, act->o_rstd, BT, H, dv);
     op->zero(dq, (size_t)BT * K); op->zero(dk, (size_t)BT * K); op->zero(dv_, (size_t)BT * V); op->zero(dgate, (size_t)BT * K);
     if (m->mixer_form == MIX_CHUNKED)
-        op->gla_chunk_backward(dq, dk, dv_, dgate, do_raw, A->S, A->q, A->k, A->v, A->gate, B, T, H, K, V, a->scratch,
+        op->gla_chunk_backward(dq, dk, dv_, dgate, do_raw, act->S, act->q, act->k, act->v, act->gate, B, T, H, K, V, a->scratch,
                                a->scratch_per_task);
     else
-        op->gla_recurrent_backward(dq, dk, dv_, dgate, do_raw, A->S_all, A->q, A->k, A->v, A->gate, B, T, H, K, V,
+        op->gla_recurrent_backward(dq, dk, dv_, dgate, do_raw, act->S_all, act->q, act->k, act->v, act->gate, B, T, H, K, V,
                                    a->scratch, a->scratch_per_task);
     op->zero(dgk_pre, (size_t)BT * K); op->zero(dgk_low, (size_t)BT * r); op->zero(dattn_in, (size_t)BT * D);
-    op->gla_gate_backward(dgk_pre, dgate, A->gk_pre, (size_t)BT * K);
-    op->matmul_backward(dgk_low, G->gk_proj1, G->gk_bias, dgk_pre, A->gk_low, W->gk_proj1, BT, r, K);
-    op->matmul_backward(dattn_in, G->gk_proj0, nullptr, dgk_low, A->attn_in, W->gk_proj0, BT, D, r);
-    op->matmul_backward(dattn_in, G->q_proj, nullptr, dq, A->attn_in, W->q_proj, BT, D, K);
-    op->matmul_backward(dattn_in, G->k_proj, nullptr, dk, A->attn_in, W->k_proj, BT, D, K);
-    op->matmul_backward(dattn_in, G->v_proj, nullptr, dv_, A->attn_in, W->v_proj, BT, D, V);
-    op->matmul_backward(dattn_in, G->g_proj, nullptr, dog, A->attn_in, W->g_proj, BT, D, V);
-    op->rmsnorm_backward(a->dres, G->attn_norm, dattn_in, A->res, W->attn_norm, A->attn_rstd, BT, D);  // now d res
+    op->gla_gate_backward(dgk_pre, dgate, act->gk_pre, (size_t)BT * K);
+    op->matmul_backward(dgk_low, G->gk_proj1, G->gk_bias, dgk_pre, act->gk_low, W->gk_proj1, BT, r, K);
+    op->matmul_backward(dattn_in, G->gk_proj0, nullptr, dgk_low, act->attn_in, W->gk_proj0, BT, D, r);
+    op->matmul_backward(dattn_in, G->q_proj, nullptr, dq, act->attn_in, W->q_proj, BT, D, K);
+    op->matmul_backward(dattn_in, G->k_proj, nullptr, dk, act->attn_in, W->k_proj, BT, D, K);
+    op->matmul_backward(dattn_in, G->v_proj, nullptr, dv_, act->attn_in, W->v_proj, BT, D, V);
+    op->matmul_backward(dattn_in, G->g_proj, nullptr, dog, act->attn_in, W->g_proj, BT, D, V);
+    op->rmsnorm_backward(a->dres, G->attn_norm, dattn_in, act->res, W->attn_norm, act->attn_rstd, BT, D);  // now d res
 }
 
 inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     const Config *c = &m->config;
     const LayerWeights *W = &m->w.layer[l];
     LayerWeights *G = &m->g.layer[l];
-    LayerActs *A = &m->acts.layer[l];
+    LayerActs *act = &m->acts.layer[l];
     Acts *a = &m->acts;
     int BT = B * T, D = c->d_model, E = c->d_inner, N = c->d_state[l], nh = m2_nheads(c), P = c->headdim;
     int Din = m2_in_dim(c, l), Cc = m2_conv_dim(c, l);
@@ -988,20 +974,20 @@ inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) 
     op->zero(dy_out, (size_t)BT * E); op->zero(dy, (size_t)BT * E); op->zero(dzxbcdt, (size_t)BT * Din);
     op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh); op->zero(dlda, (size_t)BT * nh);
     op->zero(dnorm_out, (size_t)BT * D);
-    op->matmul_backward(dy_out, G->out_proj, nullptr, a->dres, A->y_out, W->out_proj, BT, E, D);
-    op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, A->y, A->zxbcdt, Din, W->gnorm, A->y_rstd, BT, E);
+    op->matmul_backward(dy_out, G->out_proj, nullptr, a->dres, act->y_out, W->out_proj, BT, E, D);
+    op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, act->y, act->zxbcdt, Din, W->gnorm, act->y_rstd, BT, E);
     if (m->mixer_form == MIX_CHUNKED)
-        op->ssd_chunk_backward(dxbc, ddt, dlda, dy, A->h, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N, a->scratch,
+        op->ssd_chunk_backward(dxbc, ddt, dlda, dy, act->h, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N, a->scratch,
                                a->scratch_per_task);
     else
-        op->ssd_recurrent_backward(dxbc, ddt, dlda, dy, A->h_all, A->xbc, A->dt, W->A_log, W->D, B, T, nh, P, N,
+        op->ssd_recurrent_backward(dxbc, ddt, dlda, dy, act->h_all, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N,
                                    a->scratch, a->scratch_per_task);
-    op->ssd_decay_backward(ddt, G->A_log, G->D, dlda, dy, A->xbc, A->dt, W->A_log, BT, nh, P, N);
-    op->dt_softplus_backward(dzxbcdt + E + Cc, Din, G->dt_bias, ddt, A->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
-    op->conv1d_silu_backward(dzxbcdt + E, Din, G->conv_w, G->conv_b, dxbc, A->conv_pre, A->zxbcdt + E, Din, W->conv_w,
+    op->ssd_decay_backward(ddt, G->A_log, G->D, dlda, dy, act->xbc, act->dt, W->A_log, BT, nh, P, N);
+    op->dt_softplus_backward(dzxbcdt + E + Cc, Din, G->dt_bias, ddt, act->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
+    op->conv1d_silu_backward(dzxbcdt + E, Din, G->conv_w, G->conv_b, dxbc, act->conv_pre, act->zxbcdt + E, Din, W->conv_w,
                              B, T, Cc, c->d_conv);
-    op->matmul_backward(dnorm_out, G->in_proj, nullptr, dzxbcdt, A->norm_out, W->in_proj, BT, D, Din);
-    op->rmsnorm_backward(a->dres, G->norm, dnorm_out, A->res, W->norm, A->norm_rstd, BT, D);  // now d res
+    op->matmul_backward(dnorm_out, G->in_proj, nullptr, dzxbcdt, act->norm_out, W->in_proj, BT, D, Din);
+    op->rmsnorm_backward(a->dres, G->norm, dnorm_out, act->res, W->norm, act->norm_rstd, BT, D);  // now d res
 }
 
 // The whole backward of the last forward; accumulates into m->grads.

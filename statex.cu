@@ -364,7 +364,7 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 // In a chunk of C = GLA_CHUNK steps with b_t the cumulative log decay:
 //     o_t   = hk^-1/2 [ (q_t . e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ],  A_ts = sum_i q_t[i] k_s[i] e^{b_t[i]-b_s[i]}
 //     S_out = diag(e^{b_last}) S_in + sum_s (k_s . e^{b_last - b_s}) v_s^T
-// Only differences b_t - b_s <= 0 are exponentiated, never e^{-b} (DESIGN's pitfall).
+// Only differences b_t - b_s <= 0 are exponentiated, never e^{-b} alone, which overflows (README, "The math").
 // S: [B, H, nchunk+1, hk, hv], slot 0 the initial state (input).
 //
 // One block of GLA_THREADS threads per (sequence, head) walks its chunks in
@@ -379,7 +379,7 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 #define GLA_THREADS 256
 #define GLA_TILE 32
 
-// The block's global work space (scan_scratch_floats in model.h leaves room):
+// The block's global work space (scan_work_floats below sizes it):
 struct GlaWork {
     float *ge;    // [C, hk] hk^-1/2 e^{b_t}: how dq_t reads S_in do_t
     float *qe;    // [C, hk] q_t . ge: how o_t reads S_in
@@ -1467,12 +1467,10 @@ void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
     gpu_free(g->inputs);
     gpu_free(g->targets);
     m->n_threads = scan_blocks(&m->config, B);
-    size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
+    size_t work = scan_work_floats(&m->config);
+    size_t n = acts_layout(&m->config, B, T, m->n_threads, work, keep_steps, nullptr, nullptr);
     m->acts_mem = gpu_floats(n);
-    acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
-    if (m->acts.scratch_per_task < scan_work_floats(&m->config))
-        die("internal: scan scratch of %zu floats per block is less than the %zu the kernels need",
-            m->acts.scratch_per_task, scan_work_floats(&m->config));
+    acts_layout(&m->config, B, T, m->n_threads, work, keep_steps, m->acts_mem, &m->acts);
     g->inputs = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     g->targets = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     m->B = B;

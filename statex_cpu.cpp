@@ -163,7 +163,7 @@ static void gla_gate_backward(float *dx, const float *da, const float *x, size_t
 // ----------------------------------------------------------------------------
 // GLA token mixing, recurrent form (the readable truth). Per sequence and head,
 // with q_t, k_t in R^hk, v_t in R^hv, a_t in R^hk (log decay per key channel),
-// hk = K/H and hv = V/H the per-head sizes (DESIGN's dk, dv):
+// hk = K/H and hv = V/H the per-head sizes (README's dk, dv):
 //     S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T        S in R^{hk x hv}
 //     o_t = hk^-1/2 S_t^T q_t
 // Head h reads columns h*hk.. of q, k, a and h*hv.. of v, writes h*hv.. of o.
@@ -197,12 +197,13 @@ static void gla_recurrent_forward(float *o, float *S, float *S_all, const float 
         }
 }
 
-// Backward of the recurrent form, from a zero initial state, walking t down:
+// Backward of the recurrent form, from a zero initial state, walking t down
+// (⊙ is the elementwise product, rowsum sums each row of a matrix):
 //     dS   += hk^-1/2 q_t do_t^T                (now the gradient of S_t)
 //     dq_t += hk^-1/2 S_t do_t,  dk_t += dS v_t,  dv_t += dS^T k_t
-//     da_t += exp(a_t) * rowsum(dS * S_{t-1})
+//     da_t += exp(a_t) ⊙ rowsum(dS ⊙ S_{t-1})
 //     dS    = diag(exp(a_t)) dS                  (the gradient of S_{t-1})
-// dS_scratch: [n_threads, hk*hv].
+// scratch: one [hk, hv] slice per thread, for dS.
 static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                             const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
                             float *scratch, size_t scratch_per_task) {
@@ -245,45 +246,52 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 // ----------------------------------------------------------------------------
 // GLA token mixing, chunked form (the fast path). Split the sequence into
 // chunks of C = GLA_CHUNK steps; inside a chunk let b_t = a_t0 + .. + a_t be the
-// cumulative log decay (b <= 0, falling). With S_in the state entering the chunk:
-//     o_t   = hk^-1/2 [ (q_t . e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ]
-//     A_ts  = sum_i q_t[i] k_s[i] e^{b_t[i] - b_s[i]}
-//     S_out = diag(e^{b_last}) S_in + sum_s (k_s . e^{b_last - b_s}) v_s^T
+// cumulative log decay (a vector over key channels, <= 0, falling). With S_in
+// the state entering the chunk, ⊙ the elementwise product and ⟨x, y⟩ a dot product:
+//     o_t   = (q_t ⊙ e^{b_t})^T S_in' + sum_{s<=t} Â_ts v_s      (S_in' = hk^-1/2 S_in)
+//     Â_ts  = hk^-1/2 sum_i q_t[i] k_s[i] e^{b_t[i] - b_s[i]}     (the scaled scores)
+//     S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
 // Only differences b_t - b_s (<= 0) are exponentiated, never e^{-b} alone,
-// which would overflow once b falls below about -88 (DESIGN's pitfall).
+// which would overflow once b falls below about -88.
 // S: [B, H, nchunk+1, hk, hv]; S[.., 0, ..] is the initial state (input), the
 // rest are written: the state entering each chunk, and last the final state.
 // These chunk states are all the backward pass keeps of the recurrence.
 
-// The scratch of one (sequence, head) task in the chunked GLA passes.
+// The scratch of one (sequence, head) task in the chunked GLA passes, carved
+// from one thread's slice. gla_work(nullptr, ..) only counts: its return
+// value's `floats` is the size of the slice (cpu::scan_work_floats uses it).
 struct GlaWork {
-    float *cum;   // [C, hk] cumulative log decay inside the chunk
+    float *cum;   // [C, hk] cumulative log decay b_t inside the chunk
     float *E;     // [C, C, hk] e^{b_t - b_s} for s <= t
-    float *A;     // [C, C] intra-chunk scores (scaled)
-    float *dA;    // [C, C]
+    float *A;     // [C, C] the scaled intra-chunk scores Â_ts
+    float *dA;    // [C, C] their gradient
     float *dS;    // [hk, hv] gradient of the state leaving the chunk
-    float *qe;    // [C, hk] (q_t . e^{b_t}) scaled
-    float *dql, *dkl;  // [C, hk] the chunk's own dq, hk (complete once the chunk is done)
+    float *dq_local, *dk_local;  // [C, hk] the chunk's own dq, dk (complete once the chunk is done)
     float *run;   // [hk] running reverse sum of the decay gradient
+    size_t floats;
 };
-// (scan_scratch_floats in model.h sizes it.)
 static GlaWork gla_work(float *ws, int hk, int hv) {
-    const int C = GLA_CHUNK;
+    const size_t C = GLA_CHUNK;
     GlaWork w;
-    w.cum = ws; ws += C * hk;
-    w.E = ws; ws += (size_t)C * C * hk;
-    w.A = ws; ws += C * C;
-    w.dA = ws; ws += C * C;
-    w.dS = ws; ws += (size_t)hk * hv;
-    w.qe = ws; ws += C * hk;
-    w.dql = ws; ws += C * hk;
-    w.dkl = ws; ws += C * hk;
-    w.run = ws;
+    size_t off = 0;
+    auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
+    take(&w.cum, C * hk);
+    take(&w.E, C * C * hk);
+    take(&w.A, C * C);
+    take(&w.dA, C * C);
+    take(&w.dS, (size_t)hk * hv);
+    take(&w.dq_local, C * hk);
+    take(&w.dk_local, C * hk);
+    take(&w.run, hk);
+    w.floats = off;
     return w;
 }
 
 // Fills cum (cumulative log decay), E (decay between every pair s <= t) and A
-// (the scaled scores) for the chunk of `len` steps starting at row0.
+// (the scaled scores Â) for the chunk of `len` steps starting at row0. The
+// backward pass calls it again rather than keeping these per chunk: E alone is
+// C*hk floats per token, far more than the activations, and recomputing it
+// costs about as much as the forward's intra-chunk work.
 static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const float *a, size_t row0, int len,
                               int K, int hk, int h, float scale) {
     for (int t = 0; t < len; t++) {
@@ -331,9 +339,9 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
                         for (int j = 0; j < hv; j++) ot[j] += qi * Si[j];
                     }
                     for (int s = 0; s <= t; s++) {  // intra-chunk
-                        float A = w.A[t * C + s];
+                        float score = w.A[t * C + s];
                         const float *vs = v + (row0 + s) * V + h * hv;
-                        for (int j = 0; j < hv; j++) ot[j] += A * vs[j];
+                        for (int j = 0; j < hv; j++) ot[j] += score * vs[j];
                     }
                 }
                 const float *clast = w.cum + (len - 1) * hk;
@@ -355,19 +363,137 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
 }
 
 // Backward of the chunked form, chunks in reverse, carrying dS (the gradient of
-// the state leaving the chunk). With dA_ts = hk^-1/2 do_t . v_s for s <= t:
-//     dq_t  = e^{b_t} . (hk^-1/2 S_in do_t) + sum_{s<=t} dA_ts e^{b_t-b_s} . k_s
-//     dks  = sum_{t>=s} dA_ts e^{b_t-b_s} . q_t + e^{b_last-b_s} . (dS v_s)
-//     dvs  = sum_{t>=s} A_ts do_t + dS^T (k_s . e^{b_last-b_s})
-//     dS_in = hk^-1/2 sum_t (q_t . e^{b_t}) do_t^T + diag(e^{b_last}) dS
+// the state leaving the chunk). With dÂ_ts = hk^-1/2 ⟨do_t, v_s⟩ for s <= t:
+//     dq_t  = e^{b_t} ⊙ (hk^-1/2 S_in do_t) + sum_{s<=t} dÂ_ts e^{b_t-b_s} ⊙ k_s
+//     dk_s  = sum_{t>=s} dÂ_ts e^{b_t-b_s} ⊙ q_t + e^{b_last-b_s} ⊙ (dS v_s)
+//     dv_s  = sum_{t>=s} Â_ts do_t + dS^T (k_s ⊙ e^{b_last-b_s})
+//     dS_in = hk^-1/2 sum_t (q_t ⊙ e^{b_t}) do_t^T + diag(e^{b_last}) dS
+// (Â carries the hk^-1/2 of the forward; the code keeps Â in w.A.)
 // The decay gradient needs no per-step state: every term depends on the decay
 // only through differences of the global cumulative sum B_t, and
-//     dL/dB_t = q_t . dq_t - k_t . dk_t,
-// so da_t = sum_{t' >= t} (q_t' . dq_t' - k_t' . dk_t'), a reverse running sum
+//     dL/dB_t = q_t ⊙ dq_t - k_t ⊙ dk_t        (a vector over key channels),
+// so da_t = sum_{t' >= t} (q_t' ⊙ dq_t' - k_t' ⊙ dk_t'), a reverse running sum
 // that we carry across the chunks as we walk back.
+// The four phases of one chunk are the four functions below.
+
+// Where one (sequence, head, chunk) task reads and writes.
+struct GlaChunk {
+    size_t row0;      // first row of the chunk
+    int len, h;       // its length, the head
+    int K, V, hk, hv;
+    float scale;      // hk^-1/2
+};
+
+// Phase 1, inside the chunk: dÂ, dv_s += sum_t Â_ts do_t, and the s < t terms
+// of dq and dk (the diagonal s = t waits for phase 4).
+static void gla_chunk_backward_intra(GlaWork *w, const GlaChunk *ch, float *dv, const float *dout, const float *q,
+                                     const float *k, const float *v) {
+    const int C = GLA_CHUNK;
+    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
+    size_t row0 = ch->row0;
+    for (int t = 0; t < ch->len; t++) {
+        const float *dot = dout + (row0 + t) * V + h * hv;
+        for (int s = 0; s <= t; s++) {
+            const float *vs = v + (row0 + s) * V + h * hv;
+            float *dvs = dv + (row0 + s) * V + h * hv;
+            float score = w->A[t * C + s], d = 0;
+            for (int j = 0; j < hv; j++) {
+                d += dot[j] * vs[j];
+                dvs[j] += score * dot[j];
+            }
+            w->dA[t * C + s] = ch->scale * d;
+        }
+    }
+    for (int t = 0; t < ch->len; t++) {
+        const float *qt = q + (row0 + t) * K + h * hk;
+        float *dqt = w->dq_local + t * hk;
+        for (int s = 0; s < t; s++) {
+            const float *ks = k + (row0 + s) * K + h * hk, *e = w->E + ((size_t)t * C + s) * hk;
+            float *dks = w->dk_local + s * hk, g = w->dA[t * C + s];
+            for (int i = 0; i < hk; i++) {
+                dqt[i] += g * e[i] * ks[i];
+                dks[i] += g * e[i] * qt[i];
+            }
+        }
+    }
+}
+
+// Phase 2, across chunks: o_t read S_in (dq), and S_out was built from k_s, v_s
+// (dk, dv), using dS, the gradient of S_out, before phase 3 moves it to S_in.
+static void gla_chunk_backward_inter(GlaWork *w, const GlaChunk *ch, float *dv, const float *dout, const float *Sin,
+                                     const float *k, const float *v) {
+    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
+    size_t row0 = ch->row0;
+    const float *clast = w->cum + (ch->len - 1) * hk;
+    for (int t = 0; t < ch->len; t++) {
+        const float *dot = dout + (row0 + t) * V + h * hv, *ct = w->cum + t * hk;
+        for (int i = 0; i < hk; i++) {
+            const float *Si = Sin + (size_t)i * hv;
+            float d = 0;
+            for (int j = 0; j < hv; j++) d += Si[j] * dot[j];
+            w->dq_local[t * hk + i] += ch->scale * exp_fast(ct[i]) * d;
+        }
+    }
+    for (int s = 0; s < ch->len; s++) {
+        const float *ks = k + (row0 + s) * K + h * hk, *vs = v + (row0 + s) * V + h * hv, *cs = w->cum + s * hk;
+        float *dvs = dv + (row0 + s) * V + h * hv;
+        for (int i = 0; i < hk; i++) {
+            float e = exp_fast(clast[i] - cs[i]), d = 0;
+            const float *dSi = w->dS + (size_t)i * hv;
+            for (int j = 0; j < hv; j++) {
+                d += dSi[j] * vs[j];
+                dvs[j] += dSi[j] * ks[i] * e;
+            }
+            w->dk_local[s * hk + i] += e * d;
+        }
+    }
+}
+
+// Phase 3: dS becomes the gradient of S_in, to carry into the previous chunk:
+//     dS_in = diag(e^{b_last}) dS + hk^-1/2 sum_t (q_t ⊙ e^{b_t}) do_t^T
+static void gla_chunk_backward_state(GlaWork *w, const GlaChunk *ch, const float *dout, const float *q) {
+    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
+    const float *clast = w->cum + (ch->len - 1) * hk;
+    for (int i = 0; i < hk; i++) {
+        float d = exp_fast(clast[i]);
+        float *dSi = w->dS + (size_t)i * hv;
+        for (int j = 0; j < hv; j++) dSi[j] *= d;
+    }
+    for (int t = 0; t < ch->len; t++) {
+        const float *qt = q + (ch->row0 + t) * K + h * hk, *ct = w->cum + t * hk;
+        const float *dot = dout + (ch->row0 + t) * V + h * hv;
+        for (int i = 0; i < hk; i++) {
+            float qi = ch->scale * qt[i] * exp_fast(ct[i]);
+            float *dSi = w->dS + (size_t)i * hv;
+            for (int j = 0; j < hv; j++) dSi[j] += qi * dot[j];
+        }
+    }
+}
+
+// Phase 4: write dq, dk and the decay gradient (the reverse running sum). The
+// diagonal terms (s = t: dÂ_tt k_t in dq_t, dÂ_tt q_t in dk_t) cancel exactly
+// in q ⊙ dq - k ⊙ dk, so they stay out of it (in float32 they would not
+// cancel exactly) and go into dq, dk only.
+static void gla_chunk_backward_write(GlaWork *w, const GlaChunk *ch, float *dq, float *dk, float *da, const float *q,
+                                     const float *k) {
+    int hk = ch->hk;
+    for (int t = ch->len - 1; t >= 0; t--) {
+        size_t off = (ch->row0 + t) * ch->K + ch->h * hk;
+        const float *qt = q + off, *kt = k + off;
+        float diag = w->dA[t * GLA_CHUNK + t];
+        for (int i = 0; i < hk; i++) {
+            float gq = w->dq_local[t * hk + i], gk = w->dk_local[t * hk + i];
+            w->run[i] += qt[i] * gq - kt[i] * gk;
+            da[off + i] += w->run[i];
+            dq[off + i] += gq + diag * kt[i];
+            dk[off + i] += gk + diag * qt[i];
+        }
+    }
+}
+
 static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
-                        const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
-                        float *scratch, size_t scratch_per_task) {
+                               const float *q, const float *k, const float *v, const float *a, int B, int T, int H,
+                               int K, int V, float *scratch, size_t scratch_per_task) {
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
@@ -379,93 +505,14 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
             zero(w.dS, (size_t)hk * hv);
             zero(w.run, hk);
             for (int c = nc - 1; c >= 0; c--) {
-                size_t row0 = (size_t)b * T + (size_t)c * C;
-                int len = std::min(C, T - c * C);
-                const float *Sin = Sbh + (size_t)c * hk * hv;
-                gla_chunk_prepare(&w, q, k, a, row0, len, K, hk, h, scale);
-                const float *clast = w.cum + (len - 1) * hk;
-                zero(w.dql, (size_t)len * hk);
-                zero(w.dkl, (size_t)len * hk);
-                // intra-chunk
-                for (int t = 0; t < len; t++) {
-                    const float *dot = dout + (row0 + t) * V + h * hv;
-                    for (int s = 0; s <= t; s++) {
-                        const float *vs = v + (row0 + s) * V + h * hv;
-                        float *dvs = dv + (row0 + s) * V + h * hv;
-                        float A = w.A[t * C + s], d = 0;
-                        for (int j = 0; j < hv; j++) {
-                            d += dot[j] * vs[j];
-                            dvs[j] += A * dot[j];
-                        }
-                        w.dA[t * C + s] = scale * d;
-                    }
-                }
-                for (int t = 0; t < len; t++) {  // s < t here; the diagonal s = t comes at the end
-                    const float *qt = q + (row0 + t) * K + h * hk;
-                    float *dqt = w.dql + t * hk;
-                    for (int s = 0; s < t; s++) {
-                        const float *ks = k + (row0 + s) * K + h * hk, *e = w.E + ((size_t)t * C + s) * hk;
-                        float *dks = w.dkl + s * hk, g = w.dA[t * C + s];
-                        for (int i = 0; i < hk; i++) {
-                            dqt[i] += g * e[i] * ks[i];
-                            dks[i] += g * e[i] * qt[i];
-                        }
-                    }
-                }
-                // inter-chunk: o_t read S_in; S_out was built from k_s, v_s
-                for (int t = 0; t < len; t++) {
-                    const float *dot = dout + (row0 + t) * V + h * hv, *ct = w.cum + t * hk;
-                    for (int i = 0; i < hk; i++) {
-                        const float *Si = Sin + (size_t)i * hv;
-                        float d = 0;
-                        for (int j = 0; j < hv; j++) d += Si[j] * dot[j];
-                        w.dql[t * hk + i] += scale * exp_fast(ct[i]) * d;
-                    }
-                }
-                for (int s = 0; s < len; s++) {
-                    const float *ks = k + (row0 + s) * K + h * hk, *vs = v + (row0 + s) * V + h * hv, *cs = w.cum + s * hk;
-                    float *dvs = dv + (row0 + s) * V + h * hv;
-                    for (int i = 0; i < hk; i++) {
-                        float e = exp_fast(clast[i] - cs[i]), d = 0;
-                        const float *dSi = w.dS + (size_t)i * hv;
-                        for (int j = 0; j < hv; j++) {
-                            d += dSi[j] * vs[j];
-                            dvs[j] += dSi[j] * ks[i] * e;
-                        }
-                        w.dkl[s * hk + i] += e * d;
-                    }
-                }
-                // dS_in = diag(e^{b_last}) dS + hk^-1/2 sum_t (q_t . e^{b_t}) do_t^T
-                for (int i = 0; i < hk; i++) {
-                    float d = exp_fast(clast[i]);
-                    float *dSi = w.dS + (size_t)i * hv;
-                    for (int j = 0; j < hv; j++) dSi[j] *= d;
-                }
-                for (int t = 0; t < len; t++) {
-                    const float *qt = q + (row0 + t) * K + h * hk, *ct = w.cum + t * hk;
-                    const float *dot = dout + (row0 + t) * V + h * hv;
-                    for (int i = 0; i < hk; i++) {
-                        float qi = scale * qt[i] * exp_fast(ct[i]);
-                        float *dSi = w.dS + (size_t)i * hv;
-                        for (int j = 0; j < hv; j++) dSi[j] += qi * dot[j];
-                    }
-                }
-                // write dq, dk and the decay gradient (reverse running sum). The
-                // diagonal terms (s = t: dA_tt k_t in dq_t, dA_tt q_t in dk_t)
-                // cancel exactly in q . dq - k . dk, so they stay out of it (in
-                // float32 they would not cancel exactly) and go into dq, dk only.
-                for (int t = len - 1; t >= 0; t--) {
-                    size_t off = (row0 + t) * K + h * hk;
-                    const float *qt = q + off, *kt = k + off;
-                    float diag = w.dA[t * C + t];
-                    for (int i = 0; i < hk; i++) {
-                        float gq = w.dql[t * hk + i], gk = w.dkl[t * hk + i];
-                        w.run[i] += qt[i] * gq - kt[i] * gk;
-                        da[off + i] += w.run[i];
-                        dq[off + i] += gq + diag * kt[i];
-                        dk[off + i] += gk + diag * qt[i];
-                    }
-                }
+                GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
+                gla_chunk_prepare(&w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
+                zero(w.dq_local, (size_t)ch.len * hk);
+                zero(w.dk_local, (size_t)ch.len * hk);
+                gla_chunk_backward_intra(&w, &ch, dv, dout, q, k, v);
+                gla_chunk_backward_inter(&w, &ch, dv, dout, Sbh + (size_t)c * hk * hv, k, v);
+                gla_chunk_backward_state(&w, &ch, dout, q);
+                gla_chunk_backward_write(&w, &ch, dq, dk, da, q, k);
             }
         }
 }
@@ -646,7 +693,7 @@ static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float
 //     dh     += dy_t C_t^T                        (now the gradient of h_t)
 //     dC_t   += h_t^T dy_t,   dx_t += D dy_t + dt_t dh B_t,   dB_t += dt_t dh^T x_t
 //     ddt_t  += x_t^T dh B_t                      (through v_t = dt_t x_t)
-//     dlda_t += exp(dt_t A) <dh, h_{t-1}>        (the log decay dt_t A; see ssd_decay_backward)
+//     dlda_t += exp(dt_t A) ⟨dh, h_{t-1}⟩        (the log decay dt_t A; see ssd_decay_backward)
 //     dh      = exp(dt_t A) dh                    (the gradient of h_{t-1})
 // Threads own whole sequences (B and C are shared by the heads).
 static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
@@ -690,14 +737,17 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 }
 
 // ----------------------------------------------------------------------------
-// Mamba2 SSD, chunked form (state space duality). In a chunk of C = SSD_CHUNK
+// Mamba2 SSD, chunked form (state space duality). In a chunk of CL = SSD_CHUNK
 // steps let c_t = dt_t0 A + .. + dt_t A (cumulative log decay, a scalar per
-// head), v_s = dt_s x_s and L_ts = e^{c_t - c_s} for s <= t. Then
-//     y_t   = sum_{s<=t} L_ts (C_t . B_s) v_s + e^{c_t} H_in C_t + D x_t
+// head), v_s = dt_s x_s and L_ts = e^{c_t - c_s} for s <= t (0 above the
+// diagonal: the causal mask with decay). Then, with ⟨x, y⟩ a dot product:
+//     y_t   = sum_{s<=t} L_ts ⟨C_t, B_s⟩ v_s + e^{c_t} H_in C_t + D x_t
 //     H_out = e^{c_last} H_in + sum_s e^{c_last - c_s} v_s B_s^T
-// The first term is a masked (C x C) attention-like product: the "dual" of the
-// recurrence. hs: [B, nh, nchunk+1, P, N], hs[.., 0, ..] the initial state
+// The first term is a masked (CL x CL) attention-like product: the "dual" of
+// the recurrence. hs: [B, nh, nchunk+1, P, N], hs[.., 0, ..] the initial state
 // (input), then the state entering each chunk and the final state.
+// Names: B (batch) and C (nothing) stay plain; the matrices of a chunk are
+// Bmat and Cmat (rows B_t, C_t), CL is the chunk length, L only the mask.
 
 // A chunk's rows of xbc (x of one head, B or C) or of y, as Eigen matrices
 // over our buffers: `len` rows of `cols` floats, `stride` floats apart.
@@ -706,125 +756,158 @@ typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
 static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
-// In matrix form, per chunk and head (X, B, C: len x P, N, N rows; H: P x N):
-//     M     = (C B^T) . L . dt_s         (masked to s <= t)
-//     Y     = M X + diag(e^c) C H_in^T + D X
-//     H_out = e^{c_last} H_in + (diag(e^{c_last - c} dt) X)^T B
+// The scratch of one task in the chunked SSD passes (the forward's task is a
+// (sequence, head), the backward's a whole sequence, all heads), carved from
+// one thread's slice; ssd_work(nullptr, ..) only counts, like gla_work.
+struct SsdWork {
+    // both passes
+    float *cum;              // [CL] cumulative log decay c_t
+    // forward
+    float *M;                // [CL, CL] L ⊙ (Cmat Bmat^T) ⊙ dt_s
+    float *CH, *Xw;          // [CL, P] Cmat H_in^T; the decayed, dt-weighted x rows
+    // backward
+    float *dH_all, *run;     // [nh, P, N] each head's dH; [nh] each head's running decay gradient
+    float *decay_to_end;     // [CL] e^{c_last - c_t}
+    float *gdiag;            // [CL] the diagonal of G, kept out of the decay identity
+    float *CB, *L, *LCB, *G; // [CL, CL]: Cmat Bmat^T; the mask L; L ⊙ CB; L ⊙ (dY X^T) ⊙ dt_s
+    float *dv, *tP;          // [CL, P]: d v; a temporary
+    float *dC, *dB, *tN;     // [CL, N]: this head's dC, dB; a temporary
+    size_t floats;
+};
+static SsdWork ssd_work(float *ws, int nh, int P, int N) {
+    const size_t CL = SSD_CHUNK;
+    SsdWork w;
+    size_t off = 0;
+    auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
+    take(&w.cum, CL);
+    take(&w.M, CL * CL); take(&w.CH, CL * P); take(&w.Xw, CL * P);
+    take(&w.dH_all, (size_t)nh * P * N); take(&w.run, nh);
+    take(&w.decay_to_end, CL); take(&w.gdiag, CL);
+    take(&w.CB, CL * CL); take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL);
+    take(&w.dv, CL * P); take(&w.tP, CL * P);
+    take(&w.dC, CL * N); take(&w.dB, CL * N); take(&w.tN, CL * N);
+    w.floats = off;
+    return w;
+}
+
+// In matrix form, per chunk and head (X: len x P; Bmat, Cmat: len x N; H: P x N):
+//     M     = L ⊙ (Cmat Bmat^T) ⊙ dt_s        (dt_s scales column s)
+//     Y     = M X + diag(e^c) Cmat H_in^T + D X
+//     H_out = e^{c_last} H_in + (diag(e^{c_last - c} dt) X)^T Bmat
 static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                       int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
-    const int C = SSD_CHUNK, nc = n_chunks(T, C);
+                              int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
+    const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
-            float *cum = scratch + omp_get_thread_num() * scratch_per_task, *Mp = cum + C, *CHp = Mp + C * C, *Xwp = CHp + C * P;
-            float A = -expf(A_log[h]);
+            SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
+            float A = -expf(A_log[h]), *cum = w.cum;
             float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
             for (int c = 0; c < nc; c++) {
-                size_t row0 = (size_t)b * T + (size_t)c * C;
-                int len = std::min(C, T - c * C);
+                size_t row0 = (size_t)b * T + (size_t)c * CL;
+                int len = std::min(CL, T - c * CL);
+                auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
                 const float *base = xbc + row0 * Cc;
-                RowsC X = rows_c(base + h * P, len, P, Cc), Bm = rows_c(base + E, len, N, Cc), Cm = rows_c(base + E + N, len, N, Cc);
+                RowsC X = rows_c(base + h * P, len, P, Cc), Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
                 Rows Y = rows(y + row0 * E + h * P, len, P, E);
                 MapCM Hin(Hbh + (size_t)c * P * N, P, N);
-                MapM Hout(Hbh + (size_t)(c + 1) * P * N, P, N), M(Mp, len, len), CH(CHp, len, P), Xw(Xwp, len, P);
-                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dt[(row0 + t) * nh + h] * A;
+                MapM Hout(Hbh + (size_t)(c + 1) * P * N, P, N), M(w.M, len, len), CH(w.CH, len, P), Xw(w.Xw, len, P);
+                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
                 float clast = cum[len - 1];
-                M.noalias() = Cm * Bm.transpose();
+                M.noalias() = Cmat * Bmat.transpose();
                 for (int t = 0; t < len; t++)
-                    for (int s = 0; s < len; s++) M(t, s) = s <= t ? M(t, s) * exp_fast(cum[t] - cum[s]) * dt[(row0 + s) * nh + h] : 0.0f;
+                    for (int s = 0; s < len; s++) M(t, s) = s <= t ? M(t, s) * exp_fast(cum[t] - cum[s]) * DT(s) : 0.0f;
                 Y.noalias() = M * X;
-                CH.noalias() = Cm * Hin.transpose();
+                CH.noalias() = Cmat * Hin.transpose();
                 for (int t = 0; t < len; t++) Y.row(t) += exp_fast(cum[t]) * CH.row(t) + Dskip[h] * X.row(t);
-                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dt[(row0 + s) * nh + h]);
-                Hout.noalias() = Xw.transpose() * Bm;
+                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * DT(s));
+                Hout.noalias() = Xw.transpose() * Bmat;
                 Hout += exp_fast(clast) * Hin;
             }
         }
 }
 
 // Backward of the chunked form, chunks in reverse carrying dH (gradient of the
-// state leaving the chunk). With L_ts = e^{c_t - c_s} (s <= t), v_s = dt_s x_s
-// and G_ts = L_ts dt_s (dy_t . x_s), in matrix form per chunk and head:
-//     dv    = (L . C B^T)^T dY + diag(e^{c_last - c}) B dH^T
-//     dX   += diag(dt) dv + D dY,     ddt_s += x_s . dv_s
-//     dC   += G B + diag(e^c) dY H_in
-//     dB   += G^T C + diag(e^{c_last - c} dt) X dH
-//     dH_in = e^{c_last} dH + (diag(e^c) dY)^T C
+// state leaving the chunk). With L_ts = e^{c_t - c_s} (s <= t), v_s = dt_s x_s,
+// LCB = L ⊙ (Cmat Bmat^T) and G_ts = L_ts dt_s ⟨dy_t, x_s⟩, per chunk and head:
+//     dv    = LCB^T dY + diag(e^{c_last - c}) Bmat dH^T
+//     dX   += diag(dt) dv + D dY,     ddt_s += ⟨x_s, dv_s⟩
+//     dC   += G Bmat + diag(e^c) dY H_in
+//     dB   += G^T Cmat + diag(e^{c_last - c} dt) X dH
+//     dH_in = e^{c_last} dH + (diag(e^c) dY)^T Cmat
 // As in GLA, the decay enters only through differences of the global cumulative
-// sum, so dL/dcum_t = C_t . dC_t - B_t . dB_t (this head's parts of dC, dB), and
-// dlda_t, the gradient of the log decay dt_t A, is its reverse running sum.
+// sum, so dL/dcum_t = ⟨C_t, dC_t⟩ - ⟨B_t, dB_t⟩ (this head's parts of dC, dB),
+// and dlda_t, the gradient of the log decay dt_t A, is its reverse running sum.
 // Threads own whole sequences, so the shared B, C gradients need no locks; the
-// heads share one C B^T per chunk, and each carries its own dH.
+// heads share one Cmat Bmat^T per chunk, and each carries its own dH.
 static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
-                        const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
-    const int C = SSD_CHUNK, nc = n_chunks(T, C);
+                               const float *xbc, const float *dt, const float *A_log, const float *Dskip,
+                               int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
+    const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for
     for (int b = 0; b < B; b++) {
-        float *ws = scratch + omp_get_thread_num() * scratch_per_task;
-        float *dHall = ws, *run = dHall + (size_t)nh * P * N, *cum = run + nh, *ec = cum + C, *gdiag = ec + C;
-        float *CBp = gdiag + C, *Lp = CBp + C * C, *Gp = Lp + C * C;
-        float *dvp = Gp + C * C, *tPp = dvp + C * P, *dCp = tPp + C * P, *dBp = dCp + C * N, *tNp = dBp + C * N;
-        zero(dHall, (size_t)nh * P * N);
-        zero(run, nh);
+        SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
+        float *cum = w.cum, *ec = w.decay_to_end;
+        zero(w.dH_all, (size_t)nh * P * N);
+        zero(w.run, nh);
         for (int c = nc - 1; c >= 0; c--) {
-            size_t row0 = (size_t)b * T + (size_t)c * C;
-            int len = std::min(C, T - c * C);
+            size_t row0 = (size_t)b * T + (size_t)c * CL;
+            int len = std::min(CL, T - c * CL);
             const float *base = xbc + row0 * Cc;
-            RowsC Bm = rows_c(base + E, len, N, Cc), Cm = rows_c(base + E + N, len, N, Cc);
+            RowsC Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
             Rows dBrows = rows(dxbc + row0 * Cc + E, len, N, Cc), dCrows = rows(dxbc + row0 * Cc + E + N, len, N, Cc);
-            MapM CB(CBp, len, len), L(Lp, len, len), G(Gp, len, len), dv(dvp, len, P), tP(tPp, len, P);
-            MapM dCh(dCp, len, N), dBh(dBp, len, N), tN(tNp, len, N);
-            CB.noalias() = Cm * Bm.transpose();
+            MapM CB(w.CB, len, len), L(w.L, len, len), LCB(w.LCB, len, len), G(w.G, len, len);
+            MapM dv(w.dv, len, P), tP(w.tP, len, P), dCh(w.dC, len, N), dBh(w.dB, len, N), tN(w.tN, len, N);
+            CB.noalias() = Cmat * Bmat.transpose();
             for (int h = 0; h < nh; h++) {
                 float A = -expf(A_log[h]);
                 auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
                 RowsC X = rows_c(base + h * P, len, P, Cc), dY = rows_c(dy + row0 * E + h * P, len, P, E);
                 Rows dX = rows(dxbc + row0 * Cc + h * P, len, P, Cc);
                 MapCM Hin(hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N, P, N);
-                MapM dH(dHall + (size_t)h * P * N, P, N);
+                MapM dH(w.dH_all + (size_t)h * P * N, P, N);
                 for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
                 float clast = cum[len - 1];
-                for (int t = 0; t < len; t++) ec[t] = exp_fast(clast - cum[t]);  // decay to the chunk's end
+                for (int t = 0; t < len; t++) ec[t] = exp_fast(clast - cum[t]);
                 for (int t = 0; t < len; t++)
                     for (int s = 0; s < len; s++) L(t, s) = s <= t ? exp_fast(cum[t] - cum[s]) : 0.0f;
                 // dv, then dX and ddt
-                G.noalias() = L.cwiseProduct(CB);
-                dv.noalias() = G.transpose() * dY;
-                tP.noalias() = Bm * dH.transpose();
+                LCB.noalias() = L.cwiseProduct(CB);
+                dv.noalias() = LCB.transpose() * dY;
+                tP.noalias() = Bmat * dH.transpose();
                 for (int s = 0; s < len; s++) dv.row(s) += ec[s] * tP.row(s);
                 for (int s = 0; s < len; s++) {
                     dX.row(s) += DT(s) * dv.row(s) + Dskip[h] * dY.row(s);
                     ddt[(row0 + s) * nh + h] += X.row(s).dot(dv.row(s));
                 }
-                // G = L . (dY X^T) . dt_s, then dC and dB of this head. The
-                // diagonal G_tt adds the same G_tt (C_t . B_t) to both sides of
-                // the decay identity; it is left out there (in float32 the two
-                // would not cancel exactly) and added to dB, dC afterwards.
+                // G, then dC and dB of this head. The diagonal G_tt adds the
+                // same G_tt ⟨C_t, B_t⟩ to both sides of the decay identity; it
+                // is left out there (in float32 the two would not cancel
+                // exactly) and added to dB, dC afterwards.
                 G.noalias() = dY * X.transpose();
                 for (int t = 0; t < len; t++)
                     for (int s = 0; s < len; s++) G(t, s) *= L(t, s) * DT(s);
-                for (int t = 0; t < len; t++) { gdiag[t] = G(t, t); G(t, t) = 0; }
-                dCh.noalias() = G * Bm;
+                for (int t = 0; t < len; t++) { w.gdiag[t] = G(t, t); G(t, t) = 0; }
+                dCh.noalias() = G * Bmat;
                 tN.noalias() = dY * Hin;
                 for (int t = 0; t < len; t++) dCh.row(t) += exp_fast(cum[t]) * tN.row(t);
-                dBh.noalias() = G.transpose() * Cm;
+                dBh.noalias() = G.transpose() * Cmat;
                 tN.noalias() = X * dH;
                 for (int s = 0; s < len; s++) dBh.row(s) += ec[s] * DT(s) * tN.row(s);
                 // dH for the previous chunk
                 for (int t = 0; t < len; t++) tP.row(t) = exp_fast(cum[t]) * dY.row(t);
                 dH *= exp_fast(clast);
-                dH.noalias() += tP.transpose() * Cm;
+                dH.noalias() += tP.transpose() * Cmat;
                 // the decay gradient as a reverse running sum; then write dB, dC
                 for (int t = len - 1; t >= 0; t--) {
-                    run[h] += Cm.row(t).dot(dCh.row(t)) - Bm.row(t).dot(dBh.row(t));
-                    dlda[(row0 + t) * nh + h] += run[h];
+                    w.run[h] += Cmat.row(t).dot(dCh.row(t)) - Bmat.row(t).dot(dBh.row(t));
+                    dlda[(row0 + t) * nh + h] += w.run[h];
                 }
                 for (int t = 0; t < len; t++) {
-                    dCh.row(t) += gdiag[t] * Bm.row(t);
-                    dBh.row(t) += gdiag[t] * Cm.row(t);
+                    dCh.row(t) += w.gdiag[t] * Bmat.row(t);
+                    dBh.row(t) += w.gdiag[t] * Cmat.row(t);
                 }
                 dBrows += dBh;
                 dCrows += dCh;
@@ -836,7 +919,7 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
 // The rest of the SSD backward, shared by both forms. The log decay is
 // dt_t A_h with A_h = -exp(A_log[h]), so from its gradient dlda:
 //     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t
-// and the skip y += D x gives dD[h] += sum_t dy_t . x_t over the head's channels.
+// and the skip y += D x gives dD[h] += sum_t ⟨dy_t, x_t⟩ over the head's channels.
 static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
                         const float *dt, const float *A_log, int BT, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
@@ -1018,11 +1101,24 @@ void model_init(Model *m, const Config *c, float *params) {
     m->n_threads = omp_get_max_threads();
 }
 
+// the scans' scratch per thread: the largest GlaWork or SsdWork over the layers
+size_t scan_work_floats(const Config *c) {
+    size_t most = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        size_t need = c->family == FAMILY_GLA
+                          ? gla_work(nullptr, c->key_dim / c->n_head[l], c->value_dim / c->n_head[l]).floats
+                          : ssd_work(nullptr, m2_nheads(c), c->headdim, c->d_state[l]).floats;
+        most = std::max(most, need);
+    }
+    return most;
+}
+
 void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
     free(m->acts_mem);
-    size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
+    size_t work = scan_work_floats(&m->config);
+    size_t n = acts_layout(&m->config, B, T, m->n_threads, work, keep_steps, nullptr, nullptr);
     m->acts_mem = xcalloc_floats(n);
-    acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
+    acts_layout(&m->config, B, T, m->n_threads, work, keep_steps, m->acts_mem, &m->acts);
     m->B = B;
     m->T = T;
     m->keep_steps = keep_steps;
@@ -1044,38 +1140,38 @@ void model_free(Model *m) {
 // D = 1, conv weights and bias U(-1/sqrt(W), 1/sqrt(W)) (PyTorch's default).
 void init_layer_mixer(Model *m, int l, Rng *rng) {
     const Config *c = &m->config;
-    LayerWeights *L = &m->w.layer[l];
+    LayerWeights *lw = &m->w.layer[l];
     float std_in = 0.02f, std_out = 0.02f / sqrtf(2.0f * c->n_layer);
     auto normal = [&](float *p, size_t n, float s) { for (size_t i = 0; i < n; i++) p[i] = s * rng_normal(rng); };
     auto fill = [&](float *p, size_t n, float v) { for (size_t i = 0; i < n; i++) p[i] = v; };
     int D = c->d_model;
     if (c->family == FAMILY_GLA) {
         int K = c->key_dim, V = c->value_dim, r = c->gate_rank, dv = V / c->n_head[l];
-        fill(L->attn_norm, D, 1.0f);
-        normal(L->q_proj, (size_t)K * D, std_in);
-        normal(L->k_proj, (size_t)K * D, std_in);
-        normal(L->v_proj, (size_t)V * D, std_in);
-        normal(L->g_proj, (size_t)V * D, std_in);
-        normal(L->gk_proj0, (size_t)r * D, std_in);
-        normal(L->gk_proj1, (size_t)K * r, std_in);
-        fill(L->gk_bias, K, 0.0f);
-        fill(L->g_norm, dv, 1.0f);
-        normal(L->o_proj, (size_t)D * V, std_out);
+        fill(lw->attn_norm, D, 1.0f);
+        normal(lw->q_proj, (size_t)K * D, std_in);
+        normal(lw->k_proj, (size_t)K * D, std_in);
+        normal(lw->v_proj, (size_t)V * D, std_in);
+        normal(lw->g_proj, (size_t)V * D, std_in);
+        normal(lw->gk_proj0, (size_t)r * D, std_in);
+        normal(lw->gk_proj1, (size_t)K * r, std_in);
+        fill(lw->gk_bias, K, 0.0f);
+        fill(lw->g_norm, dv, 1.0f);
+        normal(lw->o_proj, (size_t)D * V, std_out);
     } else {
         int E = c->d_inner, nh = m2_nheads(c), Cc = m2_conv_dim(c, l), W = c->d_conv;
-        fill(L->norm, D, 1.0f);
-        normal(L->in_proj, (size_t)m2_in_dim(c, l) * D, std_in);
+        fill(lw->norm, D, 1.0f);
+        normal(lw->in_proj, (size_t)m2_in_dim(c, l) * D, std_in);
         float bound = 1.0f / sqrtf((float)W);
-        for (size_t i = 0; i < (size_t)Cc * W; i++) L->conv_w[i] = bound * (2 * rng_uniform(rng) - 1);
-        for (int i = 0; i < Cc; i++) L->conv_b[i] = bound * (2 * rng_uniform(rng) - 1);
+        for (size_t i = 0; i < (size_t)Cc * W; i++) lw->conv_w[i] = bound * (2 * rng_uniform(rng) - 1);
+        for (int i = 0; i < Cc; i++) lw->conv_b[i] = bound * (2 * rng_uniform(rng) - 1);
         for (int h = 0; h < nh; h++) {
             float dt = expf(logf(1e-3f) + rng_uniform(rng) * (logf(0.1f) - logf(1e-3f)));
-            L->dt_bias[h] = dt + logf(-expm1f(-dt));  // softplus^-1(dt)
-            L->A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
-            L->D[h] = 1.0f;
+            lw->dt_bias[h] = dt + logf(-expm1f(-dt));  // softplus^-1(dt)
+            lw->A_log[h] = logf(1.0f + 15.0f * rng_uniform(rng));
+            lw->D[h] = 1.0f;
         }
-        fill(L->gnorm, E, 1.0f);
-        normal(L->out_proj, (size_t)D * E, std_out);
+        fill(lw->gnorm, E, 1.0f);
+        normal(lw->out_proj, (size_t)D * E, std_out);
     }
 }
 
@@ -1089,11 +1185,11 @@ void model_random_init(Model *m, uint64_t seed) {
     for (int l = 0; l < c->n_layer; l++) {
         init_layer_mixer(m, l, &rng);
         if (c->family == FAMILY_GLA) {
-            LayerWeights *L = &m->w.layer[l];
-            for (int j = 0; j < D; j++) L->mlp_norm[j] = 1.0f;
-            normal(L->gate_proj, (size_t)F * D, 0.02f);
-            normal(L->up_proj, (size_t)F * D, 0.02f);
-            normal(L->down_proj, (size_t)D * F, std_out);
+            LayerWeights *lw = &m->w.layer[l];
+            for (int j = 0; j < D; j++) lw->mlp_norm[j] = 1.0f;
+            normal(lw->gate_proj, (size_t)F * D, 0.02f);
+            normal(lw->up_proj, (size_t)F * D, 0.02f);
+            normal(lw->down_proj, (size_t)D * F, std_out);
         }
     }
     for (int j = 0; j < D; j++) m->w.norm_w[j] = 1.0f;

@@ -244,7 +244,7 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
     size_t BT = (size_t)B * T, X = (size_t)hk * hv;
     Config c = {};
     c.family = FAMILY_GLA; c.n_layer = 1; c.key_dim = K; c.value_dim = V; c.n_head[0] = H;
-    size_t spt = (scan_scratch_floats(&c) + 15) & ~(size_t)15;
+    size_t spt = (cpu::scan_work_floats(&c) + 15) & ~(size_t)15;
     auto q = A.normal(BT * K, &r), k = A.normal(BT * K, &r), v = A.normal(BT * V, &r), a = A.uniform(BT * K, &r, -0.6f, 0.0f);
     auto dout = A.normal(BT * V, &r), scratch = A.scratch(spt, B * H);
     // recurrent
@@ -298,7 +298,7 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
     size_t BT = (size_t)B * T, X = (size_t)P * N;
     Config c = {};
     c.family = FAMILY_MAMBA2; c.n_layer = 1; c.d_inner = E; c.headdim = P; c.d_conv = 4; c.d_state[0] = N;
-    size_t spt = (scan_scratch_floats(&c) + 15) & ~(size_t)15;
+    size_t spt = (cpu::scan_work_floats(&c) + 15) & ~(size_t)15;
     std::vector<float> dtv(BT * nh), alog(nh);
     for (float &x : dtv) x = expf(logf(0.01f) + rng_uniform(&r) * (logf(0.5f) - logf(0.01f)));
     for (float &x : alog) x = logf(1.0f + 15.0f * rng_uniform(&r));
@@ -363,7 +363,7 @@ static Config small_mamba2(std::vector<int> states) {
 }
 
 // Weights that keep every activation O(1) (the recipe of tests/refdata/README.md;
-// the DESIGN initialisation, std 0.02, would make them tiny). A malloc'ed buffer.
+// the training initialisation, std 0.02, would make them tiny). A malloc'ed buffer.
 static float *test_params(const Config *c, uint64_t seed) {
     Rng r = {seed};
     size_t n = num_params_of(c);

@@ -130,9 +130,9 @@ TEST_CASE("fd: cross-entropy with ignored targets") {
 // the token mixers
 
 static std::vector<float> scan_scratch(const Config &c) {
-    return std::vector<float>(((scan_scratch_floats(&c) + 15) & ~(size_t)15) * omp_get_max_threads());
+    return std::vector<float>(((cpu::scan_work_floats(&c) + 15) & ~(size_t)15) * omp_get_max_threads());
 }
-static size_t per_thread(const Config &c) { return (scan_scratch_floats(&c) + 15) & ~(size_t)15; }
+static size_t per_thread(const Config &c) { return (cpu::scan_work_floats(&c) + 15) & ~(size_t)15; }
 
 struct GlaCase {
     int B, T, H, K, V;
