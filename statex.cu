@@ -18,9 +18,12 @@
 //   - chunked scans: one thread block per (sequence, head), walking the chunks
 //     in order (backward: in reverse), the chunk's tiles in shared memory and
 //     only the per-chunk states (and a per-block work space) in global memory.
-// Some sums use atomicAdd (the embedding gradient, Mamba2's B and C gradients,
-// which all heads share, and the recurrent-form backward, which exists for the
-// tests), so unlike the CPU, results can differ in the last bits between runs.
+// Training is deterministic: every sum on the training path adds in a fixed
+// order, so two runs from the same start give the same bits (and --resume is
+// exact, as on the CPU). The embedding gradient adds each row's tokens in token
+// order; Mamba2's B and C gradients, which all heads share, go through per-head
+// parts added in head order. Only the recurrent-form backward kernels, which
+// exist for the tests, use atomicAdd.
 #define STATEX_CUDA  // before model.h: this file defines the gpu:: API
 #include "model.h"
 #include <cuda_runtime.h>
@@ -78,10 +81,15 @@ static unsigned blocks_for(size_t n, size_t per_block) { return (unsigned)((n + 
 static const dim3 COLSUM_THREADS(32, 32);  // column-sum kernels: 32 columns x 32 row lanes
 
 // One cuBLAS handle for the process (the ops need it without a Model, as in llm.c).
+// Its workspace comes from gpu_malloc, so memory_peak_bytes() counts it; 32 MiB
+// is what cuBLAS asks for on Hopper. One stream and a fixed workspace keep the
+// results the same from run to run.
+#define CUBLAS_WORKSPACE_BYTES (32u << 20)
 static cublasHandle_t cublas() {
     static cublasHandle_t handle = nullptr;
     if (!handle) {
         cublasCheck(cublasCreate(&handle));
+        cublasCheck(cublasSetWorkspace(handle, gpu_malloc(CUBLAS_WORKSPACE_BYTES), CUBLAS_WORKSPACE_BYTES));
         const char *tf32 = getenv("STATEX_TF32");
         bool fast = tf32 && strcmp(tf32, "1") == 0;
         cublasCheck(cublasSetMathMode(handle, fast ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
@@ -123,7 +131,9 @@ __device__ float column_sum(float partial) {
 
 // ----------------------------------------------------------------------------
 // embedding: out[t] = embed[token[t]];  backward dembed[token[t]] += dout[t]
-// (atomics: two tokens may share a row)
+// Two tokens may share a row, so the backward adds each row's tokens in token
+// order, as the CPU does (same bits, every run): the host sorts the positions by
+// token (stable), then one thread per (row, column) walks its row's list.
 
 __global__ void encoder_forward_kernel(float *out, const int *tokens, const float *embed, int BT, int D) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -133,13 +143,47 @@ __global__ void encoder_forward_kernel(float *out, const int *tokens, const floa
 void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
     encoder_forward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(out, tokens, embed, BT, D); launchCheck();
 }
-__global__ void encoder_backward_kernel(float *dembed, const float *dout, const int *tokens, int BT, int D) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)BT * D) return;
-    atomicAdd(&dembed[(size_t)tokens[i / D] * D + i % D], dout[i]);
+// lists: [n_rows] the distinct tokens, [n_rows + 1] where each one's positions
+// start in pos, [BT] pos; block (u, y) does columns y*BLOCK.. of row lists[u]
+__global__ void encoder_backward_kernel(float *dembed, const float *dout, const int *lists, int n_rows, int D) {
+    int u = blockIdx.x, d = blockIdx.y * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    const int *start = lists + n_rows, *pos = start + n_rows + 1;
+    float *row = dembed + (size_t)lists[u] * D + d;
+    float acc = *row;
+    for (int j = start[u]; j < start[u + 1]; j++) acc += dout[(size_t)pos[j] * D + d];
+    *row = acc;
 }
 void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
-    encoder_backward_kernel<<<blocks_for((size_t)BT * D, BLOCK), BLOCK>>>(dembed, dout, tokens, BT, D); launchCheck();
+    static int *lists = nullptr;  // device copy of the lists, grown as needed
+    static size_t lists_cap = 0;
+    if (BT <= 0) return;
+    std::vector<int> tok(BT);
+    cudaCheck(cudaMemcpy(tok.data(), tokens, (size_t)BT * sizeof(int), cudaMemcpyDeviceToHost));
+    int vocab = 0;
+    for (int t : tok) {
+        if (t < 0) die("encoder_backward: token %d is negative", t);
+        vocab = std::max(vocab, t + 1);
+    }
+    std::vector<int> count(vocab + 1, 0);  // a counting sort: stable, so each list is in token order
+    for (int t : tok) count[t + 1]++;
+    for (int v = 0; v < vocab; v++) count[v + 1] += count[v];
+    std::vector<int> host;
+    for (int v = 0; v < vocab; v++) if (count[v + 1] > count[v]) host.push_back(v);
+    int n_rows = (int)host.size();
+    for (int u = 0; u < n_rows; u++) host.push_back(count[host[u]]);
+    host.push_back(BT);
+    size_t pos0 = host.size();
+    host.resize(pos0 + BT);
+    for (int t = 0; t < BT; t++) host[pos0 + count[tok[t]]++] = t;
+    if (host.size() > lists_cap) {
+        gpu_free(lists);
+        lists_cap = host.size();
+        lists = (int *)gpu_malloc(lists_cap * sizeof(int));
+    }
+    cudaCheck(cudaMemcpy(lists, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice));
+    dim3 grid(n_rows, blocks_for(D, BLOCK));
+    encoder_backward_kernel<<<grid, BLOCK>>>(dembed, dout, lists, n_rows, D); launchCheck();
 }
 
 // ----------------------------------------------------------------------------
@@ -307,7 +351,9 @@ void gla_recurrent_forward(float *o, float *S, float *S_all, const float *q, con
 //     dS += hk^-1/2 q_t do_t^T;  dq_t += hk^-1/2 S_t do_t;  dk_t += dS v_t;  dv_t += dS^T k_t
 //     da_t += exp(a_t) . rowsum(dS . S_{t-1});  dS = diag(exp(a_t)) dS
 // Same threads as the forward (column j of dS, in the block's scratch); the sums
-// over j (dq, dk, da) go through atomicAdd. For the tests: speed does not matter.
+// over j (dq, dk, da) go through atomicAdd, so their last bits vary from run to
+// run. That is fine here: this form is for the tests (training uses the chunked
+// form), and speed and bit-exact repeats do not matter to them.
 __global__ void __launch_bounds__(GLA_REC_THREADS)
 gla_recurrent_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                               const float *q, const float *k, const float *v, const float *a, int T, int H, int K, int V,
@@ -337,6 +383,9 @@ gla_recurrent_backward_kernel(float *dq, float *dk, float *dv, float *da, const 
 void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S_all,
                             const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
                             float *scratch, size_t scratch_per_thread) {
+    if (scratch_per_thread < (size_t)(K / H) * (V / H))
+        die("gla_recurrent_backward: %zu floats of work space per block, the kernel needs %zu", scratch_per_thread,
+            (size_t)(K / H) * (V / H));
     dim3 grid(B * H, blocks_for(V / H, GLA_REC_THREADS));
     gla_recurrent_backward_kernel<<<grid, GLA_REC_THREADS>>>(dq, dk, dv, da, dout, S_all, q, k, v, a, T, H, K, V,
                                                              scratch, scratch_per_thread);
@@ -494,6 +543,9 @@ gla_chunk_forward_kernel(float *o, float *S, const float *q, const float *k, con
 }
 void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
                        int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_thread) {
+    if (scratch_per_thread < gla_work_floats(K / H, V / H))
+        die("gla_chunk_forward: %zu floats of work space per block, the kernel needs %zu", scratch_per_thread,
+            gla_work_floats(K / H, V / H));
     gla_chunk_forward_kernel<<<B * H, GLA_THREADS>>>(o, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread); launchCheck();
 }
 
@@ -668,6 +720,9 @@ gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const floa
 void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
                         const float *q, const float *k, const float *v, const float *a, int B, int T, int H, int K, int V,
                         float *scratch, size_t scratch_per_thread) {
+    if (scratch_per_thread < gla_work_floats(K / H, V / H))
+        die("gla_chunk_backward: %zu floats of work space per block, the kernel needs %zu", scratch_per_thread,
+            gla_work_floats(K / H, V / H));
     gla_chunk_backward_kernel<<<B * H, GLA_THREADS>>>(dq, dk, dv, da, dout, S, q, k, v, a, T, H, K, V, scratch, scratch_per_thread);
     launchCheck();
 }
@@ -887,7 +942,9 @@ void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, 
 //     dh += dy_t C_t^T;  dC_t += h_t^T dy_t;  dx_t += D dy_t + dt_t dh B_t;  dB_t += dt_t dh^T x_t
 //     ddt_t += x_t^T dh B_t;  dlda_t += exp(dt_t A) <dh, h_{t-1}>;  dh = exp(dt_t A) dh
 // Same threads as the forward, dh in the block's scratch; the B, C gradients
-// (shared by the heads) and the per-step sums go through atomicAdd. For the tests.
+// (shared by the heads) and the per-step sums go through atomicAdd, so their last
+// bits vary from run to run: fine for this form, which only the tests use
+// (training uses the chunked form, whose sums are in a fixed order).
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_recurrent_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all, const float *xbc,
                               const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
@@ -928,6 +985,8 @@ ssd_recurrent_backward_kernel(float *dxbc, float *ddt, float *dlda, const float 
 void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *h_all,
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                             int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
+    if (scratch_per_thread < (size_t)P * N)
+        die("ssd_recurrent_backward: %zu floats of work space per block, the kernel needs %zu", scratch_per_thread, (size_t)P * N);
     ssd_recurrent_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, h_all, xbc, dt, A_log, Dskip, T, nh, P, N,
                                                            scratch, scratch_per_thread);
     launchCheck();
@@ -1056,114 +1115,167 @@ void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, c
 //     dlda_t = sum_{t'>=t} (C_t' . dC_t' - B_t' . dB_t')   (this head's parts; reverse running sum)
 // As on the CPU, the diagonal G_tt adds G_tt (C_t . B_t) to both sides of that
 // difference; it stays out of it and goes into dB, dC only.
-// One block per (sequence, head); CB and G in shared memory; dH, dv and this
-// head's dB, dC parts in the block's global work space. dB and dC are shared by
-// all heads, so they are added with atomicAdd.
+// dB and dC are shared by all heads. To add the heads' parts in a fixed order
+// (no atomics: the same bits every run), each chunk is one launch: one block per
+// (sequence, head) writes its head's part of the chunk's dB, dC to its work
+// space; then ssd_bc_sum_kernel adds the parts in head order. dH and the running
+// sum of the decay gradient wait in the work space for the next launch.
+// The block's global work space, in floats (SsdWork):
+struct SsdWork {
+    float *dH;    // [P, N] gradient of the state leaving the chunk (carried)
+    float *dv;    // [C, P]
+    float *dB;    // [C, N] this head's part of dB_t, the diagonal included
+    float *dC;    // [C, N] this head's part of dC_t, likewise
+    float *run;   // [1] reverse running sum of the decay gradient (carried)
+};
+static size_t ssd_work_floats(int P, int N) {
+    return (size_t)P * N + (size_t)SSD_CHUNK * P + 2 * (size_t)SSD_CHUNK * N + 1;
+}
+__host__ __device__ SsdWork ssd_work(float *ws, int P, int N) {
+    SsdWork w;
+    w.dH = ws; ws += (size_t)P * N;
+    w.dv = ws; ws += (size_t)SSD_CHUNK * P;
+    w.dB = ws; ws += (size_t)SSD_CHUNK * N;
+    w.dC = ws; ws += (size_t)SSD_CHUNK * N;
+    w.run = ws;
+    return w;
+}
+
+// chunk c of every (sequence, head); c = nc - 1 (the first launch) starts dH and run at zero
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
-                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N,
+                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N, int c,
                           float *scratch, size_t scratch_per_thread) {
     const int C = SSD_CHUNK, nc = (T + C - 1) / C;
     __shared__ SsdDecay dc;
     __shared__ float dcum_sh[C], CB_sh[C][C], G_sh[C][C];
     int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N, tid = threadIdx.x;
     int warp = tid / 32, lane = tid % 32, nwarps = SSD_THREADS / 32;
-    float A = -expf(A_log[h]), acc[16], run = 0;  // run: thread 0's reverse running sum
-    const float *Hbh = hs + (size_t)bh * (nc + 1) * P * N;
-    float *dH = scratch + (size_t)bh * scratch_per_thread;  // [P, N]
-    float *dv = dH + (size_t)P * N, *dBh = dv + C * P, *dCh = dBh + C * N;  // [C, P], [C, N], [C, N]
-    for (int e = tid; e < P * N; e += SSD_THREADS) dH[e] = 0;
-    for (int c = nc - 1; c >= 0; c--) {
-        size_t row0 = (size_t)b * T + (size_t)c * C;
-        int len = imin(C, T - c * C);
-        const float *Hin = Hbh + (size_t)c * P * N;
-        const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N, *dY = dy + row0 * E + h * P;
-        ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);
-        // CB_ts and G_ts for s <= t < len, else 0
-        tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
-#pragma unroll
-        for (int k = 0; k < 16; k++) {
-            int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
-            CB_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) : 0.0f;
-        }
-        tile_xyt(acc, dY, E, len, X, Cc, len, P);
-#pragma unroll
-        for (int k = 0; k < 16; k++) {
-            int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
-            G_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) * dc.dt[s] : 0.0f;
-        }
-        // dv_s[p] = e^{c_last-c_s} (dH B_s)[p] + sum_t CB_ts dy_t[p], 64 channels p at a time
-        for (int p0 = 0; p0 < P; p0 += 64) {
-            tile_xyt(acc, Bm, Cc, len, dH + (size_t)p0 * N, N, imin(64, P - p0), N);  // also orders CB_sh's writes
-#pragma unroll
-            for (int k = 0; k < 16; k++) {
-                int e = tid + k * SSD_THREADS, s = e / 64, p = p0 + e % 64;
-                if (s >= len || p >= P) continue;
-                float d = dc.to_end[s] * acc[k];
-                for (int t = s; t < len; t++) d += CB_sh[t][s] * dY[(size_t)t * E + p];
-                dv[s * P + p] = d;
-            }
-        }
-        __syncthreads();  // G_sh written
-        // this head's dC_t[n] and dB_s[n], without the diagonal G_tt
-        for (int e = tid; e < len * N; e += SSD_THREADS) {
-            int t = e / N, n = e % N;
-            float sg = 0, hd = 0;
-            for (int s = 0; s < t; s++) sg += G_sh[t][s] * Bm[(size_t)s * Cc + n];
-            for (int p = 0; p < P; p++) hd += Hin[(size_t)p * N + n] * dY[(size_t)t * E + p];
-            dCh[t * N + n] = sg + dc.from_start[t] * hd;
-        }
-        for (int e = tid; e < len * N; e += SSD_THREADS) {
-            int s = e / N, n = e % N;
-            float db = 0, hx = 0;
-            for (int t = s + 1; t < len; t++) db += G_sh[t][s] * Cm[(size_t)t * Cc + n];
-            for (int p = 0; p < P; p++) hx += dH[(size_t)p * N + n] * X[(size_t)s * Cc + p];
-            dBh[s * N + n] = db + dc.to_end[s] * dc.dt[s] * hx;
-        }
-        __syncthreads();  // dH, dv, dBh, dCh are complete
-        // dH_in[p][n] = e^{c_last} dH[p][n] + sum_t e^{c_t} dy_t[p] C_t[n]
-        for (int e = tid; e < P * N; e += SSD_THREADS) {
-            int p = e / N, n = e % N;
-            float d = dc.from_start[len - 1] * dH[e];
-            for (int t = 0; t < len; t++) d += dc.from_start[t] * dY[(size_t)t * E + p] * Cm[(size_t)t * Cc + n];
-            dH[e] = d;
-        }
-        // write dx, ddt, dB, dC; one warp per step t
-        for (int t = warp; t < len; t += nwarps) {
-            size_t row = row0 + t;
-            float *dx = dxbc + row * Cc + h * P, *dB = dxbc + row * Cc + E, *dC = dB + N;
-            float sdt = 0, dcum = 0;
-            for (int p = lane; p < P; p += 32) {
-                dx[p] += dc.dt[t] * dv[t * P + p] + Dskip[h] * dY[(size_t)t * E + p];
-                sdt += X[(size_t)t * Cc + p] * dv[t * P + p];
-            }
-            for (int n = lane; n < N; n += 32) {
-                float Bn = Bm[(size_t)t * Cc + n], Cn = Cm[(size_t)t * Cc + n];
-                dcum += Cn * dCh[t * N + n] - Bn * dBh[t * N + n];
-                atomicAdd(&dB[n], dBh[t * N + n] + G_sh[t][t] * Cn);
-                atomicAdd(&dC[n], dCh[t * N + n] + G_sh[t][t] * Bn);
-            }
-            sdt = warp_sum(sdt);
-            dcum = warp_sum(dcum);
-            if (lane == 0) {
-                ddt[row * nh + h] += sdt;
-                dcum_sh[t] = dcum;
-            }
-        }
-        __syncthreads();
-        if (tid == 0)  // the decay gradient: reverse running sum over the steps
-            for (int t = len - 1; t >= 0; t--) {
-                run += dcum_sh[t];
-                dlda[(row0 + t) * nh + h] += run;
-            }
+    float A = -expf(A_log[h]), acc[16];
+    SsdWork w = ssd_work(scratch + (size_t)bh * scratch_per_thread, P, N);
+    float *dH = w.dH, *dv = w.dv, *dBh = w.dB, *dCh = w.dC;
+    if (c == nc - 1) {
+        for (int e = tid; e < P * N; e += SSD_THREADS) dH[e] = 0;
+        if (tid == 0) *w.run = 0;
     }
+    size_t row0 = (size_t)b * T + (size_t)c * C;
+    int len = imin(C, T - c * C);
+    const float *Hin = hs + ((size_t)bh * (nc + 1) + c) * P * N;
+    const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N, *dY = dy + row0 * E + h * P;
+    ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);  // also orders the zeroing of dH above
+    // CB_ts and G_ts for s <= t < len, else 0
+    tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
+        CB_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) : 0.0f;
+    }
+    tile_xyt(acc, dY, E, len, X, Cc, len, P);
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
+        G_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) * dc.dt[s] : 0.0f;
+    }
+    // dv_s[p] = e^{c_last-c_s} (dH B_s)[p] + sum_t CB_ts dy_t[p], 64 channels p at a time
+    for (int p0 = 0; p0 < P; p0 += 64) {
+        tile_xyt(acc, Bm, Cc, len, dH + (size_t)p0 * N, N, imin(64, P - p0), N);  // also orders CB_sh's writes
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            int e = tid + k * SSD_THREADS, s = e / 64, p = p0 + e % 64;
+            if (s >= len || p >= P) continue;
+            float d = dc.to_end[s] * acc[k];
+            for (int t = s; t < len; t++) d += CB_sh[t][s] * dY[(size_t)t * E + p];
+            dv[s * P + p] = d;
+        }
+    }
+    __syncthreads();  // G_sh written
+    // this head's dC_t[n] and dB_s[n], without the diagonal G_tt
+    for (int e = tid; e < len * N; e += SSD_THREADS) {
+        int t = e / N, n = e % N;
+        float sg = 0, hd = 0;
+        for (int s = 0; s < t; s++) sg += G_sh[t][s] * Bm[(size_t)s * Cc + n];
+        for (int p = 0; p < P; p++) hd += Hin[(size_t)p * N + n] * dY[(size_t)t * E + p];
+        dCh[t * N + n] = sg + dc.from_start[t] * hd;
+    }
+    for (int e = tid; e < len * N; e += SSD_THREADS) {
+        int s = e / N, n = e % N;
+        float db = 0, hx = 0;
+        for (int t = s + 1; t < len; t++) db += G_sh[t][s] * Cm[(size_t)t * Cc + n];
+        for (int p = 0; p < P; p++) hx += dH[(size_t)p * N + n] * X[(size_t)s * Cc + p];
+        dBh[s * N + n] = db + dc.to_end[s] * dc.dt[s] * hx;
+    }
+    __syncthreads();  // dH, dv, dBh, dCh are complete
+    // dH_in[p][n] = e^{c_last} dH[p][n] + sum_t e^{c_t} dy_t[p] C_t[n]
+    for (int e = tid; e < P * N; e += SSD_THREADS) {
+        int p = e / N, n = e % N;
+        float d = dc.from_start[len - 1] * dH[e];
+        for (int t = 0; t < len; t++) d += dc.from_start[t] * dY[(size_t)t * E + p] * Cm[(size_t)t * Cc + n];
+        dH[e] = d;
+    }
+    // dx, ddt; the decay gradient's per-step terms; the diagonal into this head's
+    // dB, dC parts (each (t, n) is read and written by the same lane). One warp per step t.
+    for (int t = warp; t < len; t += nwarps) {
+        size_t row = row0 + t;
+        float *dx = dxbc + row * Cc + h * P;
+        float sdt = 0, dcum = 0;
+        for (int p = lane; p < P; p += 32) {
+            dx[p] += dc.dt[t] * dv[t * P + p] + Dskip[h] * dY[(size_t)t * E + p];
+            sdt += X[(size_t)t * Cc + p] * dv[t * P + p];
+        }
+        for (int n = lane; n < N; n += 32) {
+            float Bn = Bm[(size_t)t * Cc + n], Cn = Cm[(size_t)t * Cc + n];
+            float db = dBh[t * N + n], dcv = dCh[t * N + n];
+            dcum += Cn * dcv - Bn * db;
+            dBh[t * N + n] = db + G_sh[t][t] * Cn;
+            dCh[t * N + n] = dcv + G_sh[t][t] * Bn;
+        }
+        sdt = warp_sum(sdt);
+        dcum = warp_sum(dcum);
+        if (lane == 0) {
+            ddt[row * nh + h] += sdt;
+            dcum_sh[t] = dcum;
+        }
+    }
+    __syncthreads();
+    if (tid == 0) {  // the decay gradient: reverse running sum over the steps
+        float run = *w.run;
+        for (int t = len - 1; t >= 0; t--) {
+            run += dcum_sh[t];
+            dlda[(row0 + t) * nh + h] += run;
+        }
+        *w.run = run;
+    }
+}
+// dB_t, dC_t of chunk c: the heads' parts (in the work spaces of blocks
+// b*nh .. b*nh + nh-1) added in head order. One thread per (sequence, step, j),
+// j < N for dB[j], else dC[j - N] (dxbc's columns E + j).
+__global__ void ssd_bc_sum_kernel(float *dxbc, float *scratch, size_t scratch_per_thread, int B, int T, int nh, int P, int N,
+                                  int c, int len) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per_seq = (size_t)len * 2 * N;
+    if (i >= (size_t)B * per_seq) return;
+    int b = (int)(i / per_seq), t = (int)(i % per_seq / (2 * N)), j = (int)(i % (2 * N));
+    SsdWork w = ssd_work(scratch + (size_t)b * nh * scratch_per_thread, P, N);  // head 0 of sequence b
+    const float *part = j < N ? w.dB + (size_t)t * N + j : w.dC + (size_t)t * N + (j - N);
+    float sum = 0;
+    for (int h = 0; h < nh; h++) sum += part[(size_t)h * scratch_per_thread];
+    dxbc[((size_t)b * T + (size_t)c * SSD_CHUNK + t) * (nh * P + 2 * N) + nh * P + j] += sum;
 }
 void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                         const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                         int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_thread) {
-    ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N,
-                                                       scratch, scratch_per_thread);
-    launchCheck();
+    if (scratch_per_thread < ssd_work_floats(P, N))
+        die("ssd_chunk_backward: %zu floats of work space per block, the kernel needs %zu", scratch_per_thread,
+            ssd_work_floats(P, N));
+    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
+    for (int c = nc - 1; c >= 0; c--) {
+        int len = std::min(C, T - c * C);
+        ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N, c,
+                                                           scratch, scratch_per_thread);
+        launchCheck();
+        size_t n = (size_t)B * len * 2 * N;
+        ssd_bc_sum_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dxbc, scratch, scratch_per_thread, B, T, nh, P, N, c, len);
+        launchCheck();
+    }
 }
 
 // The rest of the SSD backward, shared by both forms (A_h = -exp(A_log[h])):
@@ -1394,30 +1506,38 @@ static int scan_blocks(const Config *c, int B) {
     for (int l = 0; l < c->n_layer; l++) most = std::max(most, c->family == FAMILY_GLA ? c->n_head[l] : m2_nheads(c));
     return B * most;
 }
-// what the kernels above take of a block's scratch, at most, over the layers
+// What the kernels above take of a block's scratch, at most, over the layers:
+// GLA's chunk work space (the recurrent backward takes hk*hv of it), Mamba2's
+// backward work space (the recurrent backward takes P*N of it). Rounded up to
+// keep every block's part 64-byte aligned.
 static size_t scan_work_floats(const Config *c) {
     size_t most = 0;
     for (int l = 0; l < c->n_layer; l++) {
         size_t need;
         if (c->family == FAMILY_GLA) need = gla_work_floats(c->key_dim / c->n_head[l], c->value_dim / c->n_head[l]);
-        else need = (size_t)c->headdim * c->d_state[l] + (size_t)SSD_CHUNK * c->headdim + 2 * (size_t)SSD_CHUNK * c->d_state[l];
+        else need = ssd_work_floats(c->headdim, c->d_state[l]);
         most = std::max(most, need);
     }
-    return most;
+    return (most + 15) & ~(size_t)15;
 }
 
+// acts_layout sizes the scratch for the CPU (per OpenMP thread, with the CPU's
+// larger work spaces, e.g. all of a Mamba2 layer's states). Here the scratch is
+// sized by what the kernels take: the activations are laid out without one
+// (n_threads 0), and scan_blocks work spaces of scan_work_floats follow them in
+// the same buffer.
 void model_alloc_acts(Model *m, int B, int T, bool keep_steps) {
     GpuModel *g = gpu_of(m);
     gpu_free(m->acts_mem);
     gpu_free(g->inputs);
     gpu_free(g->targets);
     m->n_threads = scan_blocks(&m->config, B);
-    size_t n = acts_layout(&m->config, B, T, m->n_threads, keep_steps, nullptr, nullptr);
-    m->acts_mem = gpu_floats(n);
-    acts_layout(&m->config, B, T, m->n_threads, keep_steps, m->acts_mem, &m->acts);
-    if (m->acts.scratch_per_thread < scan_work_floats(&m->config))
-        die("internal: scan scratch of %zu floats per block is less than the %zu the kernels need",
-            m->acts.scratch_per_thread, scan_work_floats(&m->config));
+    size_t per_block = scan_work_floats(&m->config);
+    size_t n = acts_layout(&m->config, B, T, 0, keep_steps, nullptr, nullptr);
+    m->acts_mem = gpu_floats(n + per_block * m->n_threads);
+    acts_layout(&m->config, B, T, 0, keep_steps, m->acts_mem, &m->acts);
+    m->acts.scratch = m->acts_mem + n;
+    m->acts.scratch_per_thread = per_block;
     g->inputs = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     g->targets = (int *)gpu_malloc((size_t)B * T * sizeof(int));
     m->B = B;
