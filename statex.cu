@@ -151,6 +151,7 @@ __global__ void encoder_backward_kernel(float *dembed, const float *dout, const 
     const int *start = lists + n_rows, *pos = start + n_rows + 1;
     float *row = dembed + (size_t)lists[u] * D + d;
     float acc = *row;
+#pragma unroll 4  // the loads overlap; the adds stay in token order
     for (int j = start[u]; j < start[u + 1]; j++) acc += dout[(size_t)pos[j] * D + d];
     *row = acc;
 }

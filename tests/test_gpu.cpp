@@ -408,6 +408,7 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
         for (size_t x = 0; x < X; x++) S0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
     auto Sc = A.make(S0);
     for (int i = 0; i < B * H; i++) Arrays::nan_fill(Sc.d, ((size_t)i * (nc + 1) + 1) * X, nc * X);
+    Arrays::nan_fill(o.d, 0, o.h.size());  // written again by the chunked form
     cpu::gla_chunk_forward(o.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V, scratch.cpu(), spt);
     gpu_twice("gla chunk forward", [&] {
         gpu::gla_chunk_forward(o.gpu(), Sc.gpu(), q.gpu(), k.gpu(), v.gpu(), a.gpu(), B, T, H, K, V, scratch.gpu(), spt);
@@ -476,6 +477,7 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
         for (size_t x = 0; x < X; x++) H0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
     auto hc = A.make(H0);
     for (int i = 0; i < B * nh; i++) Arrays::nan_fill(hc.d, ((size_t)i * (nc + 1) + 1) * X, nc * X);
+    Arrays::nan_fill(y.d, 0, y.h.size());  // written again by the chunked form
     cpu::ssd_chunk_forward(y.cpu(), hc.cpu(), xbc.cpu(), dt.cpu(), A_log.cpu(), Dskip.cpu(), B, T, nh, P, N, scratch.cpu(), spt);
     gpu_twice("ssd chunk forward", [&] {
         gpu::ssd_chunk_forward(y.gpu(), hc.gpu(), xbc.gpu(), dt.gpu(), A_log.gpu(), Dskip.gpu(), B, T, nh, P, N, scratch.gpu(), spt);
