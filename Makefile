@@ -5,19 +5,34 @@
 #   make train        the main job: prepare the corpus, train a small model, sample
 #   make bench        throughput, FLOP rate and memory for the benchmark presets
 #   make experiment   the StateX recall experiment (see README.md)
+#   make test-gpu     only the GPU tests; a GPU that cannot be used fails them
+#   make gpu-check    the first command on a machine with a GPU (tests/gpu_check.sh)
+#   make vendor-headers  copy Eigen, stb and doctest into vendor/ (ignored by git)
 #
-# Missing Debian packages are installed when run as root; otherwise the exact
-# apt-get command is printed.
+# Missing Debian packages are installed when run as root (never with NO_APT=1);
+# otherwise the exact apt-get command is printed.
+
+# The header-only libraries: Debian's copies where they are, else the ones that
+# `make vendor-headers` put into vendor/ (on a machine without apt, carry that
+# folder along with the tree). Any of the three can be set on the command line.
+VENDOR      = vendor
+EIGEN_INC   ?= $(if $(wildcard /usr/include/eigen3/Eigen/Dense),/usr/include/eigen3,$(VENDOR)/eigen3)
+STB_INC     ?= $(if $(wildcard /usr/include/stb/stb_image_write.h),/usr/include/stb,$(VENDOR)/stb)
+DOCTEST_INC ?= $(if $(wildcard /usr/include/doctest/doctest.h),/usr/include,$(VENDOR))
 
 CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native -mprefer-vector-width=512
-CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem /usr/include/eigen3 -isystem /usr/include/stb
+CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem $(EIGEN_INC) -isystem $(STB_INC)
+# (never -isystem /usr/include itself: it would break the C++ headers' #include_next)
+CXXFLAGS += $(if $(filter /usr/include /usr/include/,$(DOCTEST_INC)),,-isystem $(DOCTEST_INC))
 # Eigen's AVX-512 kernels trip GCC 12's (false) uninitialized warnings
 EIGEN_FLAGS = -Wno-uninitialized -Wno-maybe-uninitialized
 LDLIBS   = -fopenmp -lm
 
 # CUDA: found on PATH or in the default toolkit place. sm_90 code plus PTX so
-# newer GPUs can JIT it; every warning is an error.
+# newer GPUs can JIT it; every warning is an error (WERROR=0: only a warning,
+# for a host compiler newer than the one this was written for).
+WERROR ?= 1
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifneq ($(NVCC),)
   # the toolkit root: asked of nvcc itself (it may be a wrapper script on
@@ -30,7 +45,7 @@ ifneq ($(NVCC),)
     $(error nvcc is $(NVCC), but no CUDA toolkit with include/cuda_runtime.h was found; set CUDA_HOME=...)
   endif
   NVCCFLAGS  = -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] \
-               -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-fopenmp
+               $(if $(filter 1,$(WERROR)),-Werror all-warnings -Xcompiler -Werror) -Xcompiler -Wall,-Wextra,-fopenmp
   GPU_OBJ    = build/statex_cuda.o
   CXXFLAGS  += -DSTATEX_CUDA -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
@@ -38,11 +53,12 @@ else
   GPU_OBJ    =
 endif
 
-# Debian packages this project needs: "file-it-provides:package"
-PACKAGES = /usr/include/eigen3/Eigen/Dense:libeigen3-dev \
-           /usr/include/stb/stb_image_write.h:libstb-dev \
-           /usr/include/doctest/doctest.h:doctest-dev \
-           /usr/share/games/fortunes/fortunes:fortunes
+# Debian packages this project needs: "file-it-provides:package"; the headers
+# for the build (deps), the corpus for `make data` (deps-data)
+HEADERS = $(EIGEN_INC)/Eigen/Dense:libeigen3-dev \
+          $(STB_INC)/stb_image_write.h:libstb-dev \
+          $(DOCTEST_INC)/doctest/doctest.h:doctest-dev
+CORPUS  = /usr/share/games/fortunes/fortunes:fortunes
 
 CPU_OBJ = build/statex_cpu.o
 TESTS   = $(wildcard tests/test_*.cpp)
@@ -53,22 +69,31 @@ BIN_TRAIN = $(CURDIR)/train
 BIN_INFER = $(CURDIR)/infer
 BIN_TESTS = $(CURDIR)/tests/run_tests
 
-.PHONY: all deps test bench train data experiment experiment-quick clean
+.PHONY: all deps deps-data test test-gpu gpu-check vendor-headers bench bench-gpu train data experiment experiment-quick clean
 all: $(BIN_TRAIN) $(BIN_INFER)
 
-deps:
-	@missing=""; for fp in $(PACKAGES); do f=$${fp%%:*}; p=$${fp#*:}; \
+# $(call install,file:package list): installs what is missing (root, and not
+# NO_APT=1), else says what is missing and how to bring it
+install = missing=""; for fp in $(1); do f=$${fp%%:*}; p=$${fp\#*:}; \
 	  [ -e "$$f" ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
+	  if [ "$$(id -u)" = 0 ] && [ "$(NO_APT)" != 1 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) || \
 	      { echo "error: apt-get could not install$$missing"; exit 1; }; \
 	  else \
 	    echo "error: missing Debian packages:$$missing"; \
-	    echo "install them with:  sudo apt-get install -y$$missing"; exit 1; \
+	    echo "install them with:  sudo apt-get install -y$$missing"; \
+	    echo "or, without apt (headers only): run 'make vendor-headers' on a machine that has them"; \
+	    echo "and bring the $(VENDOR)/ folder along with the tree"; exit 1; \
 	  fi; \
 	fi
+
+deps:
+	@$(call install,$(HEADERS))
+
+deps-data:
+	@$(call install,$(CORPUS))
 
 build/statex_cpu.o: statex_cpu.cpp model.h | deps
 	@mkdir -p build
@@ -97,20 +122,48 @@ $(BIN_TESTS): $(patsubst tests/%.cpp,build/tests/%.o,$(TESTS)) $(CPU_OBJ) $(GPU_
 
 # the corpus: Debian's fortunes, cleaned to printable ASCII, split train/val
 data: data/train.txt
-data/train.txt: data/prepare.sh | deps
+data/train.txt: data/prepare.sh | deps-data
 	sh data/prepare.sh
 
 test: $(BIN_TESTS) $(BIN_TRAIN) $(BIN_INFER) data/train.txt
 	./tests/run_tests
 
+# only the GPU tests; without a usable GPU they fail, saying why
+test-gpu: $(BIN_TESTS)
+	STATEX_REQUIRE_GPU=1 ./tests/run_tests -tc="gpu:*"
+
+# the first command on a machine with a GPU: a clean build, the GPU and its
+# driver, the GPU tests, compute-sanitizer, the GPU benchmark; one log, at most
+# 8 minutes; never installs anything (tests/gpu_check.sh)
+gpu-check:
+	@bash tests/gpu_check.sh
+
+# Eigen, stb and doctest (header-only) into vendor/, for a machine without apt
+vendor-headers:
+	@for f in $(EIGEN_INC)/Eigen/Dense $(STB_INC)/stb_image_write.h $(DOCTEST_INC)/doctest/doctest.h; do \
+	  case "$$f" in $(VENDOR)/*) echo "error: $$f: the headers are not on this machine; run this where they are"; exit 1;; esac; \
+	  [ -e "$$f" ] || { echo "error: $$f not found (make deps installs it)"; exit 1; }; done
+	rm -rf $(VENDOR)
+	mkdir -p $(VENDOR)/eigen3 $(VENDOR)/stb $(VENDOR)/doctest
+	cp -r $(EIGEN_INC)/Eigen $(VENDOR)/eigen3/
+	cp $(STB_INC)/stb_image_write.h $(VENDOR)/stb/
+	cp $(DOCTEST_INC)/doctest/doctest.h $(VENDOR)/doctest/
+	@echo "$(VENDOR)/: $$(du -sh $(VENDOR) | cut -f1); git ignores it; the Makefile uses it where the Debian headers are missing"
+
 # one preset per process, so each peak-memory figure is that preset's alone;
-# the GPU lines run when a GPU is there and say why not otherwise
+# the GPU lines run when a GPU is there and say why not otherwise (once)
+GPU_BENCH_PRESETS = gla-small mamba2-small gla-1.3b mamba2-1.3b
 bench: $(BIN_TRAIN) $(BIN_INFER)
 	@./train --bench --preset gla-small
 	@./train --bench --preset mamba2-small
 	@./infer --bench --preset gla-small
 	@./infer --bench --preset mamba2-small
-	@./train --bench --device cuda
+	@$(MAKE) --no-print-directory bench-gpu
+
+bench-gpu: $(BIN_TRAIN) $(BIN_INFER)
+	@for p in $(GPU_BENCH_PRESETS); do \
+	  out=$$(./train --bench --device cuda --preset $$p) || { echo "$$out"; exit 1; }; \
+	  echo "$$out"; case "$$out" in *skipped*) break;; esac; done
 	@./infer --bench --device cuda
 
 train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
