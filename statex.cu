@@ -411,9 +411,9 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 
 // ----------------------------------------------------------------------------
 // GLA token mixing, chunked form (the fast path; the math is in statex_cpu.cpp).
-// In a chunk of C = GLA_CHUNK steps with b_t the cumulative log decay:
-//     o_t   = hk^-1/2 [ (q_t . e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ],  A_ts = sum_i q_t[i] k_s[i] e^{b_t[i]-b_s[i]}
-//     S_out = diag(e^{b_last}) S_in + sum_s (k_s . e^{b_last - b_s}) v_s^T
+// In a chunk of C = GLA_CHUNK steps with b_t the cumulative log decay (⊙ elementwise):
+//     o_t   = hk^-1/2 [ (q_t ⊙ e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ],  A_ts = sum_i q_t[i] k_s[i] e^{b_t[i]-b_s[i]}
+//     S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
 // Only differences b_t - b_s <= 0 are exponentiated, never e^{-b} alone, which overflows (README, "The math").
 // S: [B, H, nchunk+1, hk, hv], slot 0 the initial state (input).
 //
@@ -433,9 +433,9 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 // GlaWork: that is one thread's work space, laid out for its loops.
 struct GlaBlockWork {
     float *ge;    // [C, hk] hk^-1/2 e^{b_t}: how dq_t reads S_in do_t
-    float *qe;    // [C, hk] q_t . ge: how o_t reads S_in
+    float *qe;    // [C, hk] q_t ⊙ ge: how o_t reads S_in
     float *ed;    // [C, hk] e^{b_last - b_s}: how dk_s reads dS v_s
-    float *kd;    // [C, hk] k_s . ed: how S_out takes in k_s
+    float *kd;    // [C, hk] k_s ⊙ ed: how S_out takes in k_s
     float *dq_local, *dk_local;  // [C, hk] the chunk's own dq, dk
     float *dl;    // [hk] e^{b_last}
     float *run;   // [hk] reverse running sum of the decay gradient
@@ -1046,7 +1046,7 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 // Mamba2 SSD, chunked form (state space duality; the math is in statex_cpu.cpp).
 // In a chunk of C = SSD_CHUNK steps, c_t the cumulative log decay (one scalar
 // per head), v_s = dt_s x_s, L_ts = e^{c_t - c_s} for s <= t:
-//     y_t   = sum_{s<=t} L_ts (C_t . B_s) v_s + e^{c_t} H_in C_t + D x_t
+//     y_t   = sum_{s<=t} L_ts ⟨C_t, B_s⟩ v_s + e^{c_t} H_in C_t + D x_t
 //     H_out = e^{c_last} H_in + sum_s e^{c_last - c_s} v_s B_s^T
 // hs: [B, nh, nchunk+1, P, N], slot 0 the initial state (input).
 //
@@ -1121,7 +1121,7 @@ ssd_chunk_forward_kernel(float *y, float *hs, const float *xbc, const float *dt,
         float *Hout = Hbh + (size_t)(c + 1) * P * N;
         const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N;  // chunk rows, stride Cc
         ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);
-        // M_ts = L_ts (C_t . B_s) dt_s for s <= t < len, else 0
+        // M_ts = L_ts ⟨C_t, B_s⟩ dt_s for s <= t < len, else 0
         tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
 #pragma unroll
         for (int k = 0; k < 16; k++) {
@@ -1156,14 +1156,14 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
 }
 
 // Backward of the chunked form, chunks in reverse carrying dH (the gradient of
-// the state leaving the chunk). With CB_ts = L_ts (C_t . B_s), G_ts = L_ts dt_s (dy_t . x_s):
+// the state leaving the chunk). With CB_ts = L_ts ⟨C_t, B_s⟩, G_ts = L_ts dt_s ⟨dy_t, x_s⟩:
 //     dv_s  = sum_{t>=s} CB_ts dy_t + e^{c_last-c_s} dH B_s
-//     dx_s += dt_s dv_s + D dy_s,   ddt_s += x_s . dv_s
+//     dx_s += dt_s dv_s + D dy_s,   ddt_s += ⟨x_s, dv_s⟩
 //     dC_t += sum_{s<=t} G_ts B_s + e^{c_t} H_in^T dy_t
 //     dB_s += sum_{t>=s} G_ts C_t + e^{c_last-c_s} dt_s dH^T x_s
 //     dH_in = e^{c_last} dH + sum_t e^{c_t} dy_t C_t^T
-//     dlda_t = sum_{t'>=t} (C_t' . dC_t' - B_t' . dB_t')   (this head's parts; reverse running sum)
-// As on the CPU, the diagonal G_tt adds G_tt (C_t . B_t) to both sides of that
+//     dlda_t = sum_{t'>=t} (⟨C_t', dC_t'⟩ - ⟨B_t', dB_t'⟩)   (this head's parts; reverse running sum)
+// As on the CPU, the diagonal G_tt adds G_tt ⟨C_t, B_t⟩ to both sides of that
 // difference; it stays out of it and goes into dB, dC only.
 // dB and dC are shared by all heads. To add the heads' parts in a fixed order
 // (no atomics: the same bits every run), each chunk is one launch: one block per
@@ -1191,110 +1191,155 @@ __host__ __device__ SsdBlockWork ssd_block_work(float *ws, int P, int N) {
     return w;
 }
 
-// chunk c of every (sequence, head); c = nc - 1 (the first launch) starts dH and run at zero
-__global__ void __launch_bounds__(SSD_THREADS)
-ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
-                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N, int c,
-                          float *scratch, size_t scratch_per_task) {
-    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
-    __shared__ SsdDecay dc;
-    __shared__ float dcum_sh[C], CB_sh[C][C], G_sh[C][C];
-    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N, tid = threadIdx.x;
-    int warp = tid / 32, lane = tid % 32, nwarps = SSD_THREADS / 32;
-    float A = -expf(A_log[h]), acc[16];
-    SsdBlockWork w = ssd_block_work(scratch + (size_t)bh * scratch_per_task, P, N);
-    float *dH = w.dH, *dv = w.dv, *dBh = w.dB, *dCh = w.dC;
-    if (c == nc - 1) {
-        for (int e = tid; e < P * N; e += SSD_THREADS) dH[e] = 0;
-        if (tid == 0) *w.run = 0;
-    }
-    size_t row0 = (size_t)b * T + (size_t)c * C;
-    int len = imin(C, T - c * C);
-    const float *Hin = hs + ((size_t)bh * (nc + 1) + c) * P * N;
-    const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N, *dY = dy + row0 * E + h * P;
-    ssd_chunk_decay(&dc, dt, row0, len, nh, h, A);  // also orders the zeroing of dH above
-    // CB_ts and G_ts for s <= t < len, else 0
-    tile_xyt(acc, Cm, Cc, len, Bm, Cc, len, N);
+// Where one (sequence, head, chunk) task of the backward kernel reads.
+struct SsdChunk {
+    size_t row0;                 // first row of the chunk
+    int len, h, P, N, E, Cc;     // its length, the head, the sizes (Cc = E + 2N: an xbc row)
+    const float *X, *Bm, *Cm;    // this head's x rows, the B and C rows (stride Cc)
+    const float *dY, *Hin;       // this head's dy rows (stride E), the state entering the chunk [P, N]
+};
+// The backward kernel's shared memory.
+struct SsdBackwardShared {
+    SsdDecay dc;                                 // cumulative decay and dt of the chunk
+    float CB[SSD_CHUNK][SSD_CHUNK];              // L ⊙ (C B^T), masked to s <= t < len
+    float G[SSD_CHUNK][SSD_CHUNK];               // L ⊙ (dY X^T) ⊙ dt_s, likewise
+    float dcum[SSD_CHUNK];                       // ⟨C_t, dC_t⟩ - ⟨B_t, dB_t⟩ per step
+};
+
+// CB_ts and G_ts for s <= t < len, else 0 (tile_xyt: every thread calls it)
+__device__ void ssd_chunk_backward_scores(SsdBackwardShared &sh, const SsdChunk &ch) {
+    const int CL = SSD_CHUNK;
+    float acc[16];
+    tile_xyt(acc, ch.Cm, ch.Cc, ch.len, ch.Bm, ch.Cc, ch.len, ch.N);
 #pragma unroll
     for (int k = 0; k < 16; k++) {
-        int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
-        CB_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) : 0.0f;
+        int e = threadIdx.x + k * SSD_THREADS, t = e / CL, s = e % CL;
+        sh.CB[t][s] = s <= t && t < ch.len ? acc[k] * expf(sh.dc.cum[t] - sh.dc.cum[s]) : 0.0f;
     }
-    tile_xyt(acc, dY, E, len, X, Cc, len, P);
+    tile_xyt(acc, ch.dY, ch.E, ch.len, ch.X, ch.Cc, ch.len, ch.P);
 #pragma unroll
     for (int k = 0; k < 16; k++) {
-        int e = tid + k * SSD_THREADS, t = e / C, s = e % C;
-        G_sh[t][s] = s <= t && t < len ? acc[k] * expf(dc.cum[t] - dc.cum[s]) * dc.dt[s] : 0.0f;
+        int e = threadIdx.x + k * SSD_THREADS, t = e / CL, s = e % CL;
+        sh.G[t][s] = s <= t && t < ch.len ? acc[k] * expf(sh.dc.cum[t] - sh.dc.cum[s]) * sh.dc.dt[s] : 0.0f;
     }
-    // dv_s[p] = e^{c_last-c_s} (dH B_s)[p] + sum_t CB_ts dy_t[p], 64 channels p at a time
-    for (int p0 = 0; p0 < P; p0 += 64) {
-        tile_xyt(acc, Bm, Cc, len, dH + (size_t)p0 * N, N, imin(64, P - p0), N);  // also orders CB_sh's writes
+}
+
+// dv_s[p] = e^{c_last-c_s} (dH B_s)[p] + sum_t CB_ts dy_t[p], 64 channels p at a time
+__device__ void ssd_chunk_backward_dv(SsdBackwardShared &sh, const SsdChunk &ch, SsdBlockWork w) {
+    float acc[16];
+    for (int p0 = 0; p0 < ch.P; p0 += 64) {
+        tile_xyt(acc, ch.Bm, ch.Cc, ch.len, w.dH + (size_t)p0 * ch.N, ch.N, imin(64, ch.P - p0), ch.N);  // also orders sh.CB's writes
 #pragma unroll
         for (int k = 0; k < 16; k++) {
-            int e = tid + k * SSD_THREADS, s = e / 64, p = p0 + e % 64;
-            if (s >= len || p >= P) continue;
-            float d = dc.to_end[s] * acc[k];
-            for (int t = s; t < len; t++) d += CB_sh[t][s] * dY[(size_t)t * E + p];
-            dv[s * P + p] = d;
+            int e = threadIdx.x + k * SSD_THREADS, s = e / 64, p = p0 + e % 64;
+            if (s >= ch.len || p >= ch.P) continue;
+            float d = sh.dc.to_end[s] * acc[k];
+            for (int t = s; t < ch.len; t++) d += sh.CB[t][s] * ch.dY[(size_t)t * ch.E + p];
+            w.dv[s * ch.P + p] = d;
         }
     }
-    __syncthreads();  // G_sh written
-    // this head's dC_t[n] and dB_s[n], without the diagonal G_tt
-    for (int e = tid; e < len * N; e += SSD_THREADS) {
+    __syncthreads();  // sh.G written
+}
+
+// this head's dC_t[n] and dB_s[n], without the diagonal G_tt
+__device__ void ssd_chunk_backward_dB_dC(SsdBackwardShared &sh, const SsdChunk &ch, SsdBlockWork w) {
+    int N = ch.N, P = ch.P, Cc = ch.Cc, len = ch.len;
+    for (int e = threadIdx.x; e < len * N; e += SSD_THREADS) {
         int t = e / N, n = e % N;
         float sg = 0, hd = 0;
-        for (int s = 0; s < t; s++) sg += G_sh[t][s] * Bm[(size_t)s * Cc + n];
-        for (int p = 0; p < P; p++) hd += Hin[(size_t)p * N + n] * dY[(size_t)t * E + p];
-        dCh[t * N + n] = sg + dc.from_start[t] * hd;
+        for (int s = 0; s < t; s++) sg += sh.G[t][s] * ch.Bm[(size_t)s * Cc + n];
+        for (int p = 0; p < P; p++) hd += ch.Hin[(size_t)p * N + n] * ch.dY[(size_t)t * ch.E + p];
+        w.dC[t * N + n] = sg + sh.dc.from_start[t] * hd;
     }
-    for (int e = tid; e < len * N; e += SSD_THREADS) {
+    for (int e = threadIdx.x; e < len * N; e += SSD_THREADS) {
         int s = e / N, n = e % N;
         float db = 0, hx = 0;
-        for (int t = s + 1; t < len; t++) db += G_sh[t][s] * Cm[(size_t)t * Cc + n];
-        for (int p = 0; p < P; p++) hx += dH[(size_t)p * N + n] * X[(size_t)s * Cc + p];
-        dBh[s * N + n] = db + dc.to_end[s] * dc.dt[s] * hx;
+        for (int t = s + 1; t < len; t++) db += sh.G[t][s] * ch.Cm[(size_t)t * Cc + n];
+        for (int p = 0; p < P; p++) hx += w.dH[(size_t)p * N + n] * ch.X[(size_t)s * Cc + p];
+        w.dB[s * N + n] = db + sh.dc.to_end[s] * sh.dc.dt[s] * hx;
     }
-    __syncthreads();  // dH, dv, dBh, dCh are complete
-    // dH_in[p][n] = e^{c_last} dH[p][n] + sum_t e^{c_t} dy_t[p] C_t[n]
-    for (int e = tid; e < P * N; e += SSD_THREADS) {
+    __syncthreads();  // dH, dv, dB, dC are complete
+}
+
+// dH_in[p][n] = e^{c_last} dH[p][n] + sum_t e^{c_t} dy_t[p] C_t[n]  (each thread its own (p, n))
+__device__ void ssd_chunk_backward_state(SsdBackwardShared &sh, const SsdChunk &ch, SsdBlockWork w) {
+    int N = ch.N;
+    for (int e = threadIdx.x; e < ch.P * N; e += SSD_THREADS) {
         int p = e / N, n = e % N;
-        float d = dc.from_start[len - 1] * dH[e];
-        for (int t = 0; t < len; t++) d += dc.from_start[t] * dY[(size_t)t * E + p] * Cm[(size_t)t * Cc + n];
-        dH[e] = d;
+        float d = sh.dc.from_start[ch.len - 1] * w.dH[e];
+        for (int t = 0; t < ch.len; t++) d += sh.dc.from_start[t] * ch.dY[(size_t)t * ch.E + p] * ch.Cm[(size_t)t * ch.Cc + n];
+        w.dH[e] = d;
     }
-    // dx, ddt; the decay gradient's per-step terms; the diagonal into this head's
-    // dB, dC parts (each (t, n) is read and written by the same lane). One warp per step t.
-    for (int t = warp; t < len; t += nwarps) {
-        size_t row = row0 + t;
+}
+
+// dx, ddt; the decay gradient's per-step terms; the diagonal into this head's
+// dB, dC parts (each (t, n) is read and written by the same lane). One warp
+// per step t; then the decay gradient as a reverse running sum.
+__device__ void ssd_chunk_backward_write(SsdBackwardShared &sh, const SsdChunk &ch, SsdBlockWork w, float *dxbc,
+                                         float *ddt, float *dlda, float Dh, int nh) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = SSD_THREADS / 32;
+    int P = ch.P, N = ch.N, Cc = ch.Cc, h = ch.h;
+    for (int t = warp; t < ch.len; t += nwarps) {
+        size_t row = ch.row0 + t;
         float *dx = dxbc + row * Cc + h * P;
         float sdt = 0, dcum = 0;
         for (int p = lane; p < P; p += 32) {
-            dx[p] += dc.dt[t] * dv[t * P + p] + Dskip[h] * dY[(size_t)t * E + p];
-            sdt += X[(size_t)t * Cc + p] * dv[t * P + p];
+            dx[p] += sh.dc.dt[t] * w.dv[t * P + p] + Dh * ch.dY[(size_t)t * ch.E + p];
+            sdt += ch.X[(size_t)t * Cc + p] * w.dv[t * P + p];
         }
         for (int n = lane; n < N; n += 32) {
-            float Bn = Bm[(size_t)t * Cc + n], Cn = Cm[(size_t)t * Cc + n];
-            float db = dBh[t * N + n], dcv = dCh[t * N + n];
+            float Bn = ch.Bm[(size_t)t * Cc + n], Cn = ch.Cm[(size_t)t * Cc + n];
+            float db = w.dB[t * N + n], dcv = w.dC[t * N + n];
             dcum += Cn * dcv - Bn * db;
-            dBh[t * N + n] = db + G_sh[t][t] * Cn;
-            dCh[t * N + n] = dcv + G_sh[t][t] * Bn;
+            w.dB[t * N + n] = db + sh.G[t][t] * Cn;
+            w.dC[t * N + n] = dcv + sh.G[t][t] * Bn;
         }
         sdt = warp_sum(sdt);
         dcum = warp_sum(dcum);
         if (lane == 0) {
             ddt[row * nh + h] += sdt;
-            dcum_sh[t] = dcum;
+            sh.dcum[t] = dcum;
         }
     }
     __syncthreads();
-    if (tid == 0) {  // the decay gradient: reverse running sum over the steps
+    if (threadIdx.x == 0) {
         float run = *w.run;
-        for (int t = len - 1; t >= 0; t--) {
-            run += dcum_sh[t];
-            dlda[(row0 + t) * nh + h] += run;
+        for (int t = ch.len - 1; t >= 0; t--) {
+            run += sh.dcum[t];
+            dlda[(ch.row0 + t) * nh + h] += run;
         }
         *w.run = run;
     }
+}
+
+// chunk c of every (sequence, head); c = nc - 1 (the first launch) starts dH and run at zero
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
+                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N, int c,
+                          float *scratch, size_t scratch_per_task) {
+    const int CL = SSD_CHUNK, nc = (T + CL - 1) / CL;
+    __shared__ SsdBackwardShared sh;
+    int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N;
+    SsdBlockWork w = ssd_block_work(scratch + (size_t)bh * scratch_per_task, P, N);
+    if (c == nc - 1) {
+        for (int e = threadIdx.x; e < P * N; e += SSD_THREADS) w.dH[e] = 0;
+        if (threadIdx.x == 0) *w.run = 0;
+    }
+    SsdChunk ch;
+    ch.row0 = (size_t)b * T + (size_t)c * CL;
+    ch.len = imin(CL, T - c * CL);
+    ch.h = h; ch.P = P; ch.N = N; ch.E = E; ch.Cc = Cc;
+    ch.X = xbc + ch.row0 * Cc + h * P;
+    ch.Bm = xbc + ch.row0 * Cc + E;
+    ch.Cm = ch.Bm + N;
+    ch.dY = dy + ch.row0 * E + h * P;
+    ch.Hin = hs + ((size_t)bh * (nc + 1) + c) * P * N;
+    ssd_chunk_decay(&sh.dc, dt, ch.row0, ch.len, nh, h, -expf(A_log[h]));  // also orders the zeroing of dH above
+    ssd_chunk_backward_scores(sh, ch);
+    ssd_chunk_backward_dv(sh, ch, w);
+    ssd_chunk_backward_dB_dC(sh, ch, w);
+    ssd_chunk_backward_state(sh, ch, w);
+    ssd_chunk_backward_write(sh, ch, w, dxbc, ddt, dlda, Dskip[h], nh);
 }
 // dB_t, dC_t of chunk c: the heads' parts (in the work spaces of blocks
 // b*nh .. b*nh + nh-1) added in head order. One thread per (sequence, step, j),
@@ -1329,7 +1374,7 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
 }
 
 // The rest of the SSD backward, shared by both forms (A_h = -exp(A_log[h])):
-//     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t,   dD[h] += sum_t dy_t . x_t
+//     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t,   dD[h] += sum_t ⟨dy_t, x_t⟩
 // (the head's channels). A column-sum kernel over the nh columns: thread (h, y)
 // visits rows y, y+32, .. of column h, so it also does those rows' ddt.
 __global__ void __launch_bounds__(1024)
