@@ -192,8 +192,8 @@ static int run_generate(const InferOptions *o) {
     std::string e, prompt = o->prompt;
     if (!o->prompt_file.empty()) {
         std::vector<char> b;
-        e = read_file(o->prompt_file, &b);
-        if (!e.empty()) die("--prompt-file: %s", e.c_str());
+        e = read_file(o->prompt_file, &b, (size_t)o->max_prompt);  // a size check before reading: no /dev/zero, no huge file
+        if (!e.empty()) die("--prompt-file (at most --max-prompt %d bytes): %s", o->max_prompt, e.c_str());
         prompt.assign(b.begin(), b.end());
     }
     if ((int64_t)prompt.size() > o->max_prompt)
@@ -356,7 +356,8 @@ static int run_eval(const InferOptions *o) {
     float *params;
     read_model_or_die(o->model, &c, &params);
     Corpus val;
-    std::string e = load_corpus(o->val, 4096, &val);
+    // MQAR fillers start anywhere in the first size - gap bytes: at least one such place
+    std::string e = load_corpus(o->val, std::max(4096, o->mqar_gap + 1), &val);
     if (!e.empty()) die("--val: %s", e.c_str());
     size_t state = 0;
     for (int l = 0; l < c.n_layer; l++) state += layer_state_floats(&c, l);

@@ -23,15 +23,24 @@
 #include <vector>
 #include <chrono>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 
 // ----------------------------------------------------------------------------
 // 5. helpers first, since everything below uses them
+
+// What the tool is reading while die() may be called, e.g. "X.opt: stored
+// flags: ", so an error names where the bad value came from. Usually empty.
+inline std::string &die_context() {
+    static std::string s;
+    return s;
+}
 
 // Print "error: ..." to stderr and exit(1). For the command-line tools.
 [[noreturn]] inline void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
+    fprintf(stderr, "error: %s", die_context().c_str());
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
@@ -93,9 +102,11 @@ inline float rng_normal(Rng *r) {  // Box-Muller
 // under -ffast-math, which would also break our NaN checks, so the hot loops
 // (gates, SiLU, chunk decays) use this: Cody-Waite reduction x = n ln2 + g,
 // |g| <= ln2/2, then a degree-7 Taylor series; relative error below 1e-7.
+// A NaN goes through as NaN (the clamp keeps it, g carries it to the result);
+// n is taken from 0 instead, since converting NaN to int is undefined.
 inline float exp_fast(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = std::rint(x * 1.44269504088896341f);
+    float n = std::rint((x == x ? x : 0.0f) * 1.44269504088896341f);
     float g = std::fma(n, -0.693145751953125f, x);        // ln2 split in a high part
     g = std::fma(n, -1.428606765330187045e-06f, g);       // and a low part
     float p = 1.0f / 5040;
@@ -159,7 +170,8 @@ inline size_t layer_state_floats(const Config *c, int l) {
 inline std::string config_problem(const Config *c) {
     auto bad = [](int v, int lo, int hi) { return v < lo || v > hi; };
     if (c->family != FAMILY_GLA && c->family != FAMILY_MAMBA2) return strf("unknown model family %d (1 = GLA, 2 = Mamba2)", c->family);
-    if (bad(c->vocab_size, 1, 1 << 20)) return strf("vocab_size %d out of range", c->vocab_size);
+    // tokens are bytes: every id 0..255 must have an embedding row (ids are not checked again)
+    if (bad(c->vocab_size, 256, 1 << 20)) return strf("vocab_size %d out of range 256..%d (tokens are bytes)", c->vocab_size, 1 << 20);
     if (bad(c->d_model, 1, 1 << 16)) return strf("d_model %d out of range", c->d_model);
     if (bad(c->n_layer, 1, MAX_LAYER)) return strf("n_layer %d out of range 1..%d", c->n_layer, MAX_LAYER);
     if (bad(c->tied, 0, 1)) return strf("tied flag %d is not 0 or 1", c->tied);
@@ -454,12 +466,13 @@ inline float to_float(const std::string &flag, const std::string &v) {
 // Writes `bytes` to `path` atomically: a temporary file beside it, flushed and
 // synced, then renamed over the target; so a crash or a full disk never leaves
 // a half-written file under the real name. "" on success, else the reason.
+// A kill -9 can still leave PATH.tmp behind: ./train removes its own at start.
 inline std::string write_file_atomic(const std::string &path, const std::vector<std::pair<const void *, size_t>> &parts) {
     std::string tmp = path + ".tmp";
     FILE *f = fopen(tmp.c_str(), "wb");
     if (!f) return strf("cannot open %s for writing: %s", tmp.c_str(), strerror(errno));
     bool ok = true;
-    for (auto &p : parts) ok = ok && fwrite(p.first, 1, p.second, f) == p.second;
+    for (auto &p : parts) ok = ok && (p.second == 0 || fwrite(p.first, 1, p.second, f) == p.second);  // an empty part may be NULL
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int err = errno;
     if (fclose(f) != 0 && ok) { ok = false; err = errno; }
@@ -472,18 +485,54 @@ inline std::string write_file_atomic(const std::string &path, const std::vector<
     return "";
 }
 
-// Reads a whole file. "" on success, else the reason.
-inline std::string read_file(const std::string &path, std::vector<char> *out) {
-    FILE *f = fopen(path.c_str(), "rb");
-    if (!f) return strf("cannot open %s: %s", path.c_str(), strerror(errno));
-    out->clear();
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out->insert(out->end(), buf, buf + n);
-    bool err = ferror(f);
-    fclose(f);
-    if (err) return strf("reading %s failed", path.c_str());
+// Syncs the directory holding `path`, so renames in it are on disk in the
+// order they were made (the checkpoint pair relies on that order).
+inline void sync_dir_of(const std::string &path) {
+    size_t slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) { fsync(fd); close(fd); }
+}
+
+// Text files (corpora, prompts) larger than this are refused: a mistake, not data.
+#define MAX_TEXT_BYTES ((size_t)1 << 32)
+
+// Opens a regular file for reading and gives its size. Devices, pipes and
+// directories are refused before a byte is read: /dev/zero never ends, and
+// O_NONBLOCK keeps the open of a pipe from waiting for a writer.
+inline std::string open_regular(const std::string &path, FILE **f, size_t *size) {
+    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return strf("cannot open %s: %s", path.c_str(), strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return strf("%s: not a regular file", path.c_str());
+    }
+    *f = fdopen(fd, "rb");
+    if (!*f) { close(fd); return strf("cannot open %s: %s", path.c_str(), strerror(errno)); }
+    *size = (size_t)st.st_size;
     return "";
+}
+// Reads exactly n bytes, else says why.
+inline std::string read_exact(FILE *f, const std::string &path, void *dst, size_t n) {
+    if (n && fread(dst, 1, n, f) != n) return strf("%s: %s", path.c_str(), ferror(f) ? "read error" : "truncated while being read");
+    return "";
+}
+
+// Reads a whole regular file of at most max_bytes. "" on success, else the reason.
+inline std::string read_file(const std::string &path, std::vector<char> *out, size_t max_bytes = MAX_TEXT_BYTES) {
+    FILE *f = nullptr;
+    size_t size = 0;
+    std::string e = open_regular(path, &f, &size);
+    if (!e.empty()) return e;
+    if (size > max_bytes) {
+        fclose(f);
+        return strf("%s: %zu bytes, more than the %zu this file may have", path.c_str(), size, max_bytes);
+    }
+    out->resize(size);
+    e = read_exact(f, path, out->data(), size);
+    fclose(f);
+    return e;
 }
 
 // Model file, version 1: int32 header[256], then the parameters as float32 in
@@ -519,31 +568,54 @@ inline std::string header_to_config(const int32_t h[256], Config *c) {
     return config_problem(c);
 }
 
-// Reads a whole file that starts with a 256-int32 header (model files and
-// debug states): the bytes and the header. "" on success.
-inline std::string read_with_header(const std::string &path, std::vector<char> *bytes, int32_t h[256]) {
-    std::string e = read_file(path, bytes);
+// Opens a file that starts with a 256-int32 header (model files and debug
+// states) and reads the header; the caller checks the size the header implies
+// against *size before it allocates or reads anything more. "" on success.
+inline std::string open_with_header(const std::string &path, FILE **f, size_t *size, int32_t h[256]) {
+    std::string e = open_regular(path, f, size);
     if (!e.empty()) return e;
-    if (bytes->size() < 1024) return strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), bytes->size());
-    memcpy(h, bytes->data(), 1024);
-    return "";
+    if (*size < 1024) e = strf("%s: truncated: %zu bytes, shorter than the 1024-byte header", path.c_str(), *size);
+    if (e.empty()) e = read_exact(*f, path, h, 1024);
+    if (!e.empty()) fclose(*f);
+    return e;
 }
 
-// Reads a model file into a fresh malloc'ed flat buffer. Checks magic, version,
-// every size and the exact length; never reads past the end. "" on success.
+// The first NaN or Inf among the parameters, naming its tensor; "" when all are
+// finite. Such a file would otherwise show up later as a NaN loss or NUL output.
+inline std::string nonfinite_problem(const Config *c, const float *p) {
+    size_t n = num_params_of(c), i = 0;
+    while (i < n && std::isfinite(p[i])) i++;
+    if (i == n) return "";
+    for (const ParamTensor &t : param_layout(c))
+        if (i >= t.offset && i < t.offset + t.size())
+            return strf("tensor %s holds %s (element %zu): not a usable model", t.name.c_str(),
+                        std::isnan(p[i]) ? "NaN" : "an infinity", i - t.offset);
+    return "a parameter is not finite";
+}
+
+// Reads a model file into a fresh flat buffer. Checks magic, version, every
+// size and the exact length before allocating, and that every parameter is
+// finite; never reads past the end. "" on success.
 inline std::string read_model_file(const std::string &path, Config *c, float **params) {
-    std::vector<char> bytes;
+    FILE *f = nullptr;
+    size_t size = 0;
     int32_t h[256];
-    std::string e = read_with_header(path, &bytes, h);
+    std::string e = open_with_header(path, &f, &size, h);
     if (!e.empty()) return e;
     e = header_to_config(h, c);
-    if (!e.empty()) return path + ": " + e;
+    if (!e.empty()) { fclose(f); return path + ": " + e; }
     size_t n = num_params_of(c), want = 1024 + 4 * n;
-    if (bytes.size() != want)
+    if (size != want) {
+        fclose(f);
         return strf("%s: %s: %zu bytes, but the header's sizes need %zu (%zu parameters)", path.c_str(),
-                    bytes.size() < want ? "truncated" : "trailing bytes", bytes.size(), want, n);
-    *params = xcalloc_floats(n);
-    memcpy(*params, bytes.data() + 1024, 4 * n);
+                    size < want ? "truncated" : "trailing bytes", size, want, n);
+    }
+    float *p = xcalloc_floats(n);
+    e = read_exact(f, path, p, 4 * n);
+    fclose(f);
+    if (e.empty() && !(e = nonfinite_problem(c, p)).empty()) e = path + ": " + e;
+    if (!e.empty()) { free(p); return e; }
+    *params = p;
     return "";
 }
 
@@ -569,29 +641,38 @@ struct DebugState {
 };
 
 inline std::string read_debug_state(const std::string &path, DebugState *s) {
-    std::vector<char> bytes;
+    FILE *f = nullptr;
+    size_t size = 0;
     int32_t h[256];
-    std::string e = read_with_header(path, &bytes, h);
+    std::string e = open_with_header(path, &f, &size, h);
     if (!e.empty()) return e;
-    if (h[0] != STATE_MAGIC) return strf("%s: bad magic %d (expected %d): not a debug-state file", path.c_str(), h[0], STATE_MAGIC);
-    if (h[1] != 1) return strf("%s: unsupported version %d", path.c_str(), h[1]);
-    if (h[2] < 1 || h[3] < 1 || h[4] < 1 || h[5] < 1 || (int64_t)h[2] * h[3] > (1 << 24) || h[4] > (1 << 20))
-        return strf("%s: bad sizes B %d, T %d, vocab %d, num_params %d", path.c_str(), h[2], h[3], h[4], h[5]);
+    auto fail = [&](const std::string &why) { fclose(f); return why; };
+    if (h[0] != STATE_MAGIC) return fail(strf("%s: bad magic %d (expected %d): not a debug-state file", path.c_str(), h[0], STATE_MAGIC));
+    if (h[1] != 1) return fail(strf("%s: unsupported version %d", path.c_str(), h[1]));
+    if (h[2] < 1 || h[3] < 1 || h[4] < 256 || h[5] < 1 || (int64_t)h[2] * h[3] > (1 << 24) || h[4] > (1 << 20))
+        return fail(strf("%s: bad sizes B %d, T %d, vocab %d, num_params %d", path.c_str(), h[2], h[3], h[4], h[5]));
+    for (int i = 6; i < 256; i++)
+        if (h[i] != 0) return fail(strf("%s: header entry %d is %d, must be 0", path.c_str(), i, h[i]));
     s->B = h[2]; s->T = h[3]; s->vocab_size = h[4]; s->num_params = (size_t)h[5];
     size_t BT = (size_t)s->B * s->T;
     size_t want = 1024 + 4 * (2 * BT + BT * s->vocab_size + 1 + s->num_params);
-    if (bytes.size() != want)
-        return strf("%s: %zu bytes, but its header needs %zu", path.c_str(), bytes.size(), want);
-    const char *p = bytes.data() + 1024;
-    s->inputs.resize(BT); memcpy(s->inputs.data(), p, 4 * BT); p += 4 * BT;
-    s->targets.resize(BT); memcpy(s->targets.data(), p, 4 * BT); p += 4 * BT;
-    s->logits.resize(BT * s->vocab_size); memcpy(s->logits.data(), p, 4 * BT * s->vocab_size); p += 4 * BT * s->vocab_size;
-    memcpy(&s->loss, p, 4); p += 4;
-    s->grads.resize(s->num_params); memcpy(s->grads.data(), p, 4 * s->num_params);
+    if (size != want) return fail(strf("%s: %zu bytes, but its header needs %zu", path.c_str(), size, want));
+    s->inputs.resize(BT); s->targets.resize(BT); s->logits.resize(BT * s->vocab_size); s->grads.resize(s->num_params);
+    e = read_exact(f, path, s->inputs.data(), 4 * BT);
+    if (e.empty()) e = read_exact(f, path, s->targets.data(), 4 * BT);
+    if (e.empty()) e = read_exact(f, path, s->logits.data(), 4 * BT * s->vocab_size);
+    if (e.empty()) e = read_exact(f, path, &s->loss, 4);
+    if (e.empty()) e = read_exact(f, path, s->grads.data(), 4 * s->num_params);
+    fclose(f);
+    if (!e.empty()) return e;
     for (size_t i = 0; i < BT; i++) {
         if (s->inputs[i] < 0 || s->inputs[i] >= s->vocab_size) return strf("%s: input %zu is %d, outside the vocabulary", path.c_str(), i, s->inputs[i]);
         if (s->targets[i] < -1 || s->targets[i] >= s->vocab_size) return strf("%s: target %zu is %d, outside the vocabulary", path.c_str(), i, s->targets[i]);
     }
+    // reference values that are not finite compare to nothing
+    auto finite = [](const std::vector<float> &v) { for (float x : v) if (!std::isfinite(x)) return false; return true; };
+    if (!std::isfinite(s->loss) || !finite(s->logits) || !finite(s->grads))
+        return strf("%s: the loss, logits or gradients hold a NaN or an infinity", path.c_str());
     return "";
 }
 
@@ -602,6 +683,114 @@ inline std::string write_debug_state(const std::string &path, const DebugState *
     return write_file_atomic(path, {{h, sizeof h}, {s->inputs.data(), 4 * BT}, {s->targets.data(), 4 * BT},
                                     {s->logits.data(), 4 * BT * s->vocab_size}, {&s->loss, 4},
                                     {s->grads.data(), 4 * s->num_params}});
+}
+
+// Optimizer state, PATH.opt (README.md "File formats"): int32 magic, version 1,
+// step, n_flags; uint64 num_params, params hash; the run's flags ('\n'-
+// separated, length-prefixed); float32 m, v; int32 n_history then (step, train
+// loss, val bits/byte) float32 triples, one per step trained.
+#define OPT_MAGIC 20250928
+
+struct History { std::vector<float> step, train_loss, val_bpb; };
+
+// FNV-1a over the parameters: ties an optimizer file to its model file, so a
+// pair from two different moments is refused.
+inline uint64_t params_hash(const float *p, size_t n) {
+    const uint8_t *b = (const uint8_t *)p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n * 4; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+inline std::string write_opt_file(const std::string &path, int step, const std::vector<std::string> &run_flags, const float *params,
+                                  const float *m, const float *v, size_t num_params, const History *h) {
+    std::string flags;
+    for (const std::string &f : run_flags) flags += f + "\n";
+    int32_t head[4] = {OPT_MAGIC, 1, step, (int32_t)flags.size()};
+    uint64_t head2[2] = {num_params, params_hash(params, num_params)};
+    int32_t nh = (int32_t)h->step.size();
+    std::vector<float> hist;
+    for (int i = 0; i < nh; i++) { hist.push_back(h->step[i]); hist.push_back(h->train_loss[i]); hist.push_back(h->val_bpb[i]); }
+    return write_file_atomic(path, {{head, sizeof head}, {head2, sizeof head2}, {flags.data(), flags.size()},
+                                    {m, 4 * num_params}, {v, 4 * num_params}, {&nh, 4}, {hist.data(), 4 * hist.size()}});
+}
+
+struct OptState {
+    int step;
+    std::vector<std::string> flags;
+    std::vector<float> m, v;
+    History history;
+};
+
+#define MAX_FLAGS_BYTES (1 << 20)
+
+// Reads PATH.opt for the model whose parameters are given. Every size is
+// checked against the file's length before anything is allocated, and the
+// contents are checked too: the step, the history (one entry per step), finite
+// moments, flag syntax. "" on success, else the reason.
+inline std::string read_opt_file(const std::string &path, const float *params, size_t num_params, OptState *s) {
+    FILE *f = nullptr;
+    size_t size = 0;
+    std::string e = open_regular(path, &f, &size);
+    if (!e.empty()) return e;
+    auto fail = [&](const std::string &why) { fclose(f); return path + ": " + why; };
+    int32_t head[4];
+    uint64_t head2[2];
+    if (size < sizeof head + sizeof head2) return fail("truncated header");
+    e = read_exact(f, path, head, sizeof head);
+    if (e.empty()) e = read_exact(f, path, head2, sizeof head2);
+    if (!e.empty()) { fclose(f); return e; }
+    if (head[0] != OPT_MAGIC || head[1] != 1) return fail("not a statex optimizer-state file (bad magic or version)");
+    if (head2[0] != num_params) return fail(strf("holds %llu parameters, the model file %zu", (unsigned long long)head2[0], num_params));
+    if (head2[1] != params_hash(params, num_params)) return fail("does not belong to this model file (parameter hash differs)");
+    int step = head[2], nflags = head[3];
+    // a checkpoint is saved after a step, and --steps is at most 2^30
+    if (step < 1 || step > (1 << 30)) return fail(strf("step %d out of range 1..%d", step, 1 << 30));
+    if (nflags < 0 || nflags > MAX_FLAGS_BYTES) return fail(strf("flags length %d out of range 0..%d", nflags, MAX_FLAGS_BYTES));
+    // the history holds one entry per step, so the length is known exactly
+    uint64_t want = 32 + (uint64_t)nflags + 8ull * num_params + 4 + 12ull * step;
+    if (size != want) return fail(strf("%s: %zu bytes, but step %d and its header need %llu", size < want ? "truncated" : "wrong length",
+                                       size, step, (unsigned long long)want));
+    std::string flags(nflags, '\0');
+    s->m.resize(num_params); s->v.resize(num_params);
+    int32_t nh = 0;
+    std::vector<float> hist(3 * (size_t)step);
+    e = read_exact(f, path, &flags[0], nflags);
+    if (e.empty()) e = read_exact(f, path, s->m.data(), 4 * num_params);
+    if (e.empty()) e = read_exact(f, path, s->v.data(), 4 * num_params);
+    if (e.empty()) e = read_exact(f, path, &nh, 4);
+    if (e.empty()) e = read_exact(f, path, hist.data(), 4 * hist.size());
+    fclose(f);
+    if (!e.empty()) return e;
+    if (nh != step) return strf("%s: %d history entries, but step %d needs one per step", path.c_str(), nh, step);
+    for (size_t i = 0; i < num_params; i++)
+        if (!std::isfinite(s->m[i]) || !std::isfinite(s->v[i]) || s->v[i] < 0)
+            return strf("%s: AdamW moment %zu is not finite (or v < 0): m %g, v %g", path.c_str(), i, s->m[i], s->v[i]);
+    for (int i = 0; i < nh; i++)
+        if (hist[3 * i] != (float)(i + 1) || !std::isfinite(hist[3 * i + 1]) || std::isinf(hist[3 * i + 2]))
+            return strf("%s: history entry %d is not step %d with a finite loss", path.c_str(), i, i + 1);
+    // flags: "--name" then its value, one a line; their values are checked by
+    // parsing them (see main)
+    s->flags.clear();
+    for (size_t p = 0, q; p < flags.size(); p = q + 1) {
+        q = flags.find('\n', p);
+        if (q == std::string::npos) return strf("%s: the stored flags do not end in a newline", path.c_str());
+        s->flags.push_back(flags.substr(p, q - p));
+    }
+    for (size_t i = 0; i < s->flags.size(); i++) {
+        const std::string &a = s->flags[i];
+        bool bad = a.empty() || a.find('\0') != std::string::npos || a == "--help" || a == "-h";
+        if (i == 0 && a.rfind("--", 0) != 0) bad = true;
+        if (bad) return strf("%s: stored flag %zu ('%s') is malformed", path.c_str(), i, a.c_str());
+    }
+    s->step = step;
+    s->history.step.clear(); s->history.train_loss.clear(); s->history.val_bpb.clear();
+    for (int i = 0; i < nh; i++) {
+        s->history.step.push_back(hist[3 * i]);
+        s->history.train_loss.push_back(hist[3 * i + 1]);
+        s->history.val_bpb.push_back(hist[3 * i + 2]);
+    }
+    return "";
 }
 
 // ----------------------------------------------------------------------------
@@ -1138,9 +1327,11 @@ inline std::string write_line_chart(const std::string &path, const std::string &
         cv.text(lx + 22, ly, s.name, black);
         ly += 16;
     }
-    std::string tmp = path + ".tmp";
-    if (!stbi_write_png(tmp.c_str(), cv.w, cv.h, 3, cv.px.data(), cv.w * 3)) return "cannot write " + path;
-    if (rename(tmp.c_str(), path.c_str()) != 0) return strf("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
-    return "";
+    // encoded in memory, then written atomically: stbi_write_png does not
+    // check its writes, so on a full disk it would report success
+    std::vector<uint8_t> png;
+    auto put = [](void *ctx, void *data, int n) { ((std::vector<uint8_t> *)ctx)->insert(((std::vector<uint8_t> *)ctx)->end(), (uint8_t *)data, (uint8_t *)data + n); };
+    if (!stbi_write_png_to_func(put, &png, cv.w, cv.h, 3, cv.px.data(), cv.w * 3)) return "cannot encode " + path;
+    return write_file_atomic(path, {{png.data(), png.size()}});
 }
 #endif

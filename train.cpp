@@ -16,6 +16,7 @@
 #include <omp.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 
 // ----------------------------------------------------------------------------
 // options
@@ -123,7 +124,10 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         else if (a == "--mqar-min") o->mix.mqar_min = to_int(a, val());
         else if (a == "--mqar-max") o->mix.mqar_max = to_int(a, val());
         else if (a == "--mqar-gap") o->mix.mqar_gap_max = to_int(a, val());
-        else if (a == "--steps") o->steps = to_int(a, val());
+        else if (a == "--steps") {
+            o->steps = to_int(a, val());
+            if (o->steps < 0) die("--steps %d must be >= 0", o->steps);  // -1 inside means "not given"
+        }
         else if (a == "--batch") o->batch = to_int(a, val());
         else if (a == "--seq-len") o->seq_len = to_int(a, val());
         else if (a == "--lr") o->lr = to_float(a, val());
@@ -172,6 +176,15 @@ static void check_options(const Options *o) {
         die("MQAR pairs must satisfy 1 <= --mqar-min <= --mqar-max <= 64");
     if (o->mix.mqar_gap_max < 0) die("--mqar-gap must be >= 0");
     if (o->expanded_lr_scale < 0) die("--expanded-lr-scale must be >= 0");
+    if (o->adamw.weight_decay < 0) die("--weight-decay %g must be >= 0", o->adamw.weight_decay);
+    if (o->save_every < 0) die("--save-every %d must be >= 0 (0 = only at the end)", o->save_every);
+    if (o->eval_every < 0) die("--eval-every %d must be >= 0 (0 = only at the end)", o->eval_every);
+    if (o->stop_at < 0) die("--stop-at %d must be >= 0 (0 = do not stop early)", o->stop_at);
+    if (o->expand_every < 0) die("--expand-every %d must be >= 0", o->expand_every);
+    if (o->expand_every > 0 && o->expand_mode.empty()) die("--expand-every needs --expand MODE (it says which layers to expand)");
+    if (o->out.empty() || o->out.back() == '/') die("--out '%s' must name a file, e.g. DIR/model.bin", o->out.c_str());
+    struct stat st;
+    if (stat(o->out.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) die("--out %s is a directory or device, not a file: give DIR/model.bin", o->out.c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -328,25 +341,22 @@ static int run_bench(const Options *o) {
 // ----------------------------------------------------------------------------
 // checkpoints: the model file, plus PATH.opt for resuming
 
-#define OPT_MAGIC 20250928
-
-struct History { std::vector<float> step, train_loss, val_bpb; };
-
-// FNV-1a over the parameters: ties an optimizer file to its model file, so a
-// pair from two different moments is refused.
-static uint64_t params_hash(const float *p, size_t n) {
-    const uint8_t *b = (const uint8_t *)p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n * 4; i++) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
-
-// PATH.opt: int32 magic, version 1, step, n_flags; uint64 num_params, params
-// hash; the run's flags ('\n'-separated, length-prefixed); float32 m, v; int32
-// n_history then (step, train loss, val bits/byte) float32 triples.
-static std::string write_checkpoint(const std::string &path, Model *m, int step, const Options *o, const History *h) {
+// A checkpoint is the model file PATH and PATH.opt (model.h, write_opt_file).
+//
+// The pair is saved so that a kill at any moment leaves one that resumes:
+//   1. PATH.opt.next, the new optimizer state, written whole and synced;
+//   2. PATH, the new model, renamed into place: the commit point;
+//   3. PATH.opt.next renamed to PATH.opt.
+// Before 2 the old pair stands; after 2, recover_checkpoint() (at the next
+// start) finishes step 3. *committed says whether step 2 happened.
+static std::string write_checkpoint(const std::string &path, Model *m, int step, const Options *o, const History *h,
+                                    bool *committed) {
+    *committed = false;
     std::vector<float> pbuf, mbuf, vbuf;
     const float *params = host_params(m, &pbuf);
+    // the last guard: a state with a NaN or an infinity is never kept as good
+    std::string e = nonfinite_problem(&m->config, params);
+    if (!e.empty()) return "the parameters to save are not finite: " + e;
     const float *am = m->adam_m, *av = m->adam_v;
     if (on_gpu(m)) {
         mbuf.resize(m->num_params); vbuf.resize(m->num_params);
@@ -356,57 +366,69 @@ static std::string write_checkpoint(const std::string &path, Model *m, int step,
         mbuf.assign(m->num_params, 0.0f);
         am = av = mbuf.data();
     }
-    std::string flags;
-    for (const std::string &f : o->run_flags) flags += f + "\n";
-    int32_t head[4] = {OPT_MAGIC, 1, step, (int32_t)flags.size()};
-    uint64_t head2[2] = {m->num_params, params_hash(params, m->num_params)};
-    int32_t nh = (int32_t)h->step.size();
-    std::vector<float> hist;
-    for (int i = 0; i < nh; i++) { hist.push_back(h->step[i]); hist.push_back(h->train_loss[i]); hist.push_back(h->val_bpb[i]); }
-    std::string e = write_file_atomic(path + ".opt", {{head, sizeof head}, {head2, sizeof head2}, {flags.data(), flags.size()},
-                                                     {am, 4 * m->num_params}, {av, 4 * m->num_params}, {&nh, 4},
-                                                     {hist.data(), 4 * hist.size()}});
+    std::string next = path + ".opt.next";
+    e = write_opt_file(next, step, o->run_flags, params, am, av, m->num_params, h);
     if (!e.empty()) return e;
-    return write_model_file(path, &m->config, params);
+    e = write_model_file(path, &m->config, params);
+    if (!e.empty()) { remove(next.c_str()); return e; }
+    *committed = true;
+    sync_dir_of(path);  // the model's rename reaches the disk before the .opt's
+    if (rename(next.c_str(), (path + ".opt").c_str()) != 0)
+        return strf("cannot rename %s to %s.opt: %s", next.c_str(), path.c_str(), strerror(errno));
+    sync_dir_of(path);
+    return "";
 }
 
-struct OptState {
-    int step;
-    std::vector<std::string> flags;
-    std::vector<float> m, v;
-    History history;
-};
-
-static std::string read_opt_file(const std::string &path, const float *params, size_t num_params, OptState *s) {
-    std::vector<char> b;
-    std::string e = read_file(path, &b);
-    if (!e.empty()) return e;
-    size_t at = 0;
-    auto take = [&](void *dst, size_t n) { if (at + n > b.size()) return false; memcpy(dst, b.data() + at, n); at += n; return true; };
-    int32_t head[4];
-    uint64_t head2[2];
-    if (!take(head, sizeof head) || !take(head2, sizeof head2)) return path + ": truncated header";
-    if (head[0] != OPT_MAGIC || head[1] != 1) return path + ": not a statex optimizer-state file (bad magic or version)";
-    if (head2[0] != num_params) return strf("%s: holds %llu parameters, the model file %zu", path.c_str(), (unsigned long long)head2[0], num_params);
-    if (head2[1] != params_hash(params, num_params)) return path + ": does not belong to this model file (parameter hash differs)";
-    if (head[3] < 0 || (size_t)head[3] > b.size()) return path + ": truncated";
-    std::string flags(head[3], '\0');
-    if (!take(&flags[0], head[3])) return path + ": truncated";
-    s->step = head[2];
-    s->flags.clear();
-    for (size_t p = 0, q; p < flags.size(); p = q + 1) { q = flags.find('\n', p); if (q == std::string::npos) q = flags.size(); s->flags.push_back(flags.substr(p, q - p)); }
-    if (!s->flags.empty() && s->flags.back().empty()) s->flags.pop_back();
-    s->m.resize(num_params); s->v.resize(num_params);
-    int32_t nh;
-    if (!take(s->m.data(), 4 * num_params) || !take(s->v.data(), 4 * num_params) || !take(&nh, 4) || nh < 0) return path + ": truncated";
-    std::vector<float> hist((size_t)nh * 3);
-    if (!take(hist.data(), 4 * hist.size()) || at != b.size()) return path + ": wrong length";
-    for (int i = 0; i < nh; i++) {
-        s->history.step.push_back(hist[3 * i]);
-        s->history.train_loss.push_back(hist[3 * i + 1]);
-        s->history.val_bpb.push_back(hist[3 * i + 2]);
+// At the start of a run that holds the lock on PATH: finish a save that was
+// interrupted after its commit point (see write_checkpoint), drop one that was
+// not, and remove the temporary files a kill left behind.
+static void recover_checkpoint(const std::string &path) {
+    std::string next = path + ".opt.next";
+    struct stat st;
+    if (stat(next.c_str(), &st) == 0) {
+        Config c;
+        float *p = nullptr;
+        OptState s;
+        bool done = read_model_file(path, &c, &p).empty() && read_opt_file(next, p, num_params_of(&c), &s).empty();
+        free(p);
+        if (done && rename(next.c_str(), (path + ".opt").c_str()) == 0)
+            printf("completed the interrupted save of %s (step %d)\n", path.c_str(), s.step);
+        else
+            remove(next.c_str());
     }
-    return "";
+    for (const char *ext : {".tmp", ".opt.tmp", ".opt.next.tmp", ".png.tmp", ".csv.tmp", ".stats.tmp"})
+        remove((path + ext).c_str());
+}
+
+// The lock on a checkpoint path: flock on PATH.lock, so two runs never write
+// one checkpoint. The kernel drops it when the process dies, so a crash never
+// blocks a later run; the file itself is removed at exit.
+struct PathLock { std::string path; int fd; dev_t dev; ino_t ino; };
+static std::vector<PathLock> g_locks;
+static void unlock_all() {
+    for (PathLock &l : g_locks) { unlink(l.path.c_str()); close(l.fd); }
+    g_locks.clear();
+}
+static void lock_checkpoint(const std::string &path, const char *flag) {
+    std::string lp = path + ".lock";
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(lp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) die("%s %s: cannot create %s (is its directory there and writable?): %s", flag, path.c_str(), lp.c_str(), strerror(errno));
+        struct stat a, b;
+        fstat(fd, &a);
+        for (const PathLock &l : g_locks)
+            if (l.dev == a.st_dev && l.ino == a.st_ino) { close(fd); return; }  // the same file, already ours
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+            die("%s %s: another run is writing this checkpoint (it holds %s)", flag, path.c_str(), lp.c_str());
+        // the lock file may have been removed by its last owner between our open and our lock: then lock the new one
+        if (stat(lp.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+            if (g_locks.empty()) atexit(unlock_all);
+            g_locks.push_back({lp, fd, a.st_dev, a.st_ino});
+            return;
+        }
+        close(fd);
+    }
+    die("%s %s: cannot take the lock %s", flag, path.c_str(), lp.c_str());
 }
 
 static void write_curve(const std::string &path, const History *h) {
@@ -479,6 +501,25 @@ static void make_parent_dir(const std::string &path) {
         if (p == dir.size() || dir[p] == '/') mkdir(dir.substr(0, p).c_str(), 0755);
 }
 
+// Before any work that would be lost: --out's directory exists and is
+// writable (the lock file is created in it), no other run writes this
+// checkpoint, and what a killed run left there is cleaned up.
+static void prepare_out(const std::string &out) {
+    make_parent_dir(out);
+    lock_checkpoint(out, "--out");
+    recover_checkpoint(out);
+}
+
+// Training diverged when the loss or the gradient norm is not finite, or the
+// loss is far beyond knowing nothing (ln 256 = 5.5 nats): blown-up weights.
+#define DIVERGED_LOSS 100.0f
+static std::string divergence(float loss, float norm) {
+    if (!std::isfinite(loss)) return std::isnan(loss) ? "the loss is NaN" : "the loss is infinite";
+    if (loss > DIVERGED_LOSS) return strf("the loss is %.3g nats, beyond %.0f", loss, DIVERGED_LOSS);
+    if (!std::isfinite(norm)) return "the gradient norm is not finite";
+    return "";
+}
+
 static int run_training(Options *o) {
     // 1. the starting model: a checkpoint to resume, a model file, or a new one
     Config c;
@@ -515,7 +556,7 @@ static int run_training(Options *o) {
         c = ce;
         params = pe;
         if (o->steps <= 0) {
-            make_parent_dir(o->out);
+            prepare_out(o->out);
             e = write_model_file(o->out, &c, params);
             if (!e.empty()) die("%s", e.c_str());
             printf("wrote %s\n", o->out.c_str());
@@ -530,6 +571,7 @@ static int run_training(Options *o) {
     if (!e.empty()) die("--data: %s", e.c_str());
     e = load_corpus(o->val, (size_t)o->seq_len + 1, &val);
     if (!e.empty()) die("--val: %s", e.c_str());
+    prepare_out(o->out);
 
     Model m;
     if (!params) params = cpu::random_params(&c, o->seed);  // a new model: initialised on the host
@@ -562,24 +604,51 @@ static int run_training(Options *o) {
            o->device.c_str(), m.n_threads);
     printf("data %s (%zu bytes), val %s (%d rows); %d steps of %d x %d tokens; recall rows %.0f%%\n", train.path.c_str(),
            train.bytes.size(), val.path.c_str(), vrows, o->steps, B, T, 100 * o->mix.frac);
-    make_parent_dir(o->out);
 
-    int last_saved = start_step;
+    // The state after step s is saved only once the next step's forward and
+    // backward, from that state, give a finite, sane loss and gradient norm:
+    // so a checkpoint kept as good never holds a diverged state. The last
+    // good one is this run's latest save, else the checkpoint it resumed.
+    std::string good = o->resume;
+    int good_step = start_step, pending = 0;
+    auto last_good = [&]() {
+        return good.empty() ? std::string("no checkpoint of this run was saved")
+                            : strf("the last good checkpoint is %s (step %d)", good.c_str(), good_step);
+    };
+    // forward and backward of step `step`'s batch; dies, naming the last good checkpoint, on divergence
+    auto forward_backward = [&](int step, float *loss, float *norm) {
+        sample_batch(&train, &o->mix, o->seed, step, B, T, in.data(), tg.data());
+        forward(&m, in.data(), tg.data(), B, T);
+        *loss = m.loss;
+        *norm = NAN;
+        if (std::isfinite(*loss) && *loss <= DIVERGED_LOSS) {
+            zero_grad(&m);
+            backward(&m);
+            *norm = grad_norm(&m);
+        }
+        std::string why = divergence(*loss, *norm);
+        if (!why.empty()) die("%s at step %d: training stopped; %s", why.c_str(), step, last_good().c_str());
+    };
+    auto save = [&](int step) {
+        bool committed;
+        std::string e = write_checkpoint(o->out, &m, step, o, &history, &committed);
+        if (!e.empty()) {
+            if (committed) die("saving the checkpoint failed after its model was written: %s; --resume %s completes it (step %d)",
+                               e.c_str(), o->out.c_str(), step);
+            die("saving the checkpoint failed: %s; %s", e.c_str(), last_good().c_str());
+        }
+        write_curve(o->out, &history);
+        good = o->out;
+        good_step = step;
+        pending = 0;
+    };
+    bool stopped = false;
     double t_start = now_seconds();
     for (int step = start_step + 1; step <= o->steps; step++) {
         double t0 = now_seconds();
-        sample_batch(&train, &o->mix, o->seed, step, B, T, in.data(), tg.data());
-        forward(&m, in.data(), tg.data(), B, T);
-        float loss = m.loss;
-        if (!std::isfinite(loss))
-            die("the loss is %s at step %d: training stopped; the last good checkpoint is %s (step %d)",
-                std::isnan(loss) ? "NaN" : "infinite", step, o->out.c_str(), last_saved);
-        zero_grad(&m);
-        backward(&m);
-        float norm = grad_norm(&m);
-        if (!std::isfinite(norm))
-            die("the gradient norm is not finite at step %d: training stopped; the last good checkpoint is %s (step %d)",
-                step, o->out.c_str(), last_saved);
+        float loss, norm;
+        forward_backward(step, &loss, &norm);
+        if (pending) save(pending);
         float scale = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
         float lr = learning_rate(o, step);
         update(&m, lr, scale, step, &o->adamw);
@@ -595,16 +664,16 @@ static int run_training(Options *o) {
                    std::isfinite(vb) ? strf(" | val %.4f bits/byte", vb).c_str() : "");
         fflush(stdout);
         bool stop = o->stop_at > 0 && step == o->stop_at;
-        if ((o->save_every > 0 && step % o->save_every == 0) || step == o->steps || stop) {
-            e = write_checkpoint(o->out, &m, step, o, &history);
-            if (!e.empty()) die("saving the checkpoint failed: %s; the last good checkpoint is %s (step %d)", e.c_str(), o->out.c_str(), last_saved);
-            write_curve(o->out, &history);
-            last_saved = step;
-        }
-        if (stop) {
-            printf("stopped after step %d as asked (--stop-at); continue with --resume %s\n", step, o->out.c_str());
-            break;
-        }
+        if ((o->save_every > 0 && step % o->save_every == 0) || step == o->steps || stop) pending = step;
+        if (stop) { stopped = true; break; }
+    }
+    if (pending) {
+        // the check the next step would have made (a resumed run makes the same one)
+        float loss, norm;
+        forward_backward(pending + 1, &loss, &norm);
+        save(pending);
+        if (stopped)
+            printf("stopped after step %d as asked (--stop-at); continue with --resume %s\n", good_step, o->out.c_str());
     }
     double wall = now_seconds() - t_start;
     printf("done in %s; model %s, loss curve %s.png, peak RSS %.0f MB\n", eta(wall).c_str(), o->out.c_str(), o->out.c_str(), peak_rss_mb());
@@ -625,6 +694,15 @@ int main(int argc, char **argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
     parse_args(args, &o);
     if (!o.resume.empty()) {
+        // what the checkpoint fixes cannot change when resuming
+        for (const std::string &a : args)
+            for (const char *f : {"--expand", "--expand-every", "--expand-factor", "--init", "--preset", "--family", "--d-model",
+                                  "--n-layer", "--untied", "--key-dim", "--value-dim", "--heads", "--gate-rank", "--mlp-hidden",
+                                  "--d-inner", "--headdim", "--d-state", "--d-conv"})
+                if (a == f) die("%s: not with --resume: the checkpoint's model is fixed (and already expanded, if its run expanded)", f);
+        // the lock first: this run may finish the checkpoint's interrupted save
+        lock_checkpoint(o.resume, "--resume");
+        recover_checkpoint(o.resume);
         // the stored flags of the run first, then this command line's on top
         Config c;
         float *p;
@@ -633,6 +711,12 @@ int main(int argc, char **argv) {
         std::string e = read_opt_file(o.resume + ".opt", p, num_params_of(&c), &s);
         free(p);
         if (!e.empty()) die("%s", e.c_str());
+        Options stored;  // the stored flags alone, checked as flags: an error names the file
+        preset_config("tiny-mamba2", &stored.config);
+        die_context() = o.resume + ".opt: stored flags: ";
+        parse_args(s.flags, &stored);
+        if (stored.run_flags.size() != s.flags.size()) die("holds flags that do not define a run (such as --out)");
+        die_context().clear();
         Options r;
         preset_config("tiny-mamba2", &r.config);
         std::vector<std::string> all = s.flags;

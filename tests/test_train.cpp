@@ -253,18 +253,32 @@ TEST_CASE("experiment: the --quick pipeline runs end to end and writes the resul
     run("rm -rf " + tmpdir());
 }
 
-TEST_CASE("a NaN loss stops training with a clear message and keeps the last good checkpoint") {
+// Divergence is checked (loss and gradient norm, from the state to be saved)
+// before a save, so the kept checkpoint never holds the blown-up state.
+TEST_CASE("divergence stops training, names a checkpoint that exists and resumes, and never saves the diverged state") {
     std::string d = tmpdir(), out;
-    // a learning rate of 1e20 blows the weights up after the first update
-    int rc = run(std::string("./train ") + TINY_GLA + " --steps 5 --batch 2 --seq-len 16 --lr 1e20 --warmup 0 --grad-clip 0 "
-                 "--save-every 1 --quiet --out " + d + "/nan.bin", &out);
+    std::string base = std::string("./train ") + TINY_GLA + " --batch 2 --seq-len 16 --warmup 0 --quiet";
+    REQUIRE_MESSAGE(run(base + " --steps 4 --save-every 2 --out " + d + "/good.bin", &out) == 0, out);
+    // resumed with a learning rate of 1e30: the first update blows the weights up
+    int rc = run("./train --resume " + d + "/good.bin --steps 8 --lr 1e30 --grad-clip 0 --save-every 1 --quiet", &out);
     CAPTURE(out);
     CHECK(rc != 0);
-    CHECK(out.find("training stopped; the last good checkpoint is " + d + "/nan.bin (step 1)") != std::string::npos);
+    CHECK(out.find("training stopped; the last good checkpoint is " + d + "/good.bin (step 4)") != std::string::npos);
     Config c;
     float *p = nullptr;
-    CHECK(read_model_file(d + "/nan.bin", &c, &p).empty());  // still a whole, readable model
+    CHECK(read_model_file(d + "/good.bin", &c, &p).empty());  // whole, finite
     free(p);
+    REQUIRE_MESSAGE(run("./train --resume " + d + "/good.bin --steps 5 --quiet", &out) == 0, out);  // and it resumes
+    // a fresh run that diverges at once has saved nothing, and says so
+    rc = run(base + " --steps 5 --lr 1e30 --grad-clip 0 --save-every 1 --out " + d + "/nan.bin", &out);
+    CHECK(rc != 0);
+    CHECK(out.find("training stopped; no checkpoint of this run was saved") != std::string::npos);
+    CHECK(file_bytes(d + "/nan.bin").empty());
+    CHECK(file_bytes(d + "/nan.bin.opt").empty());
+    // resumed into another file: the last good one is the checkpoint it started from
+    rc = run("./train --resume " + d + "/good.bin --steps 8 --lr 1e30 --grad-clip 0 --out " + d + "/other.bin --quiet", &out);
+    CHECK(rc != 0);
+    CHECK(out.find("the last good checkpoint is " + d + "/good.bin (step 5)") != std::string::npos);
     run("rm -rf " + d);
 }
 
