@@ -103,11 +103,11 @@ build/statex_cuda.o: statex.cu model.h | deps
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-build/%.o: %.cpp model.h data/tasks.h | deps
+build/%.o: %.cpp model.h data/tasks.h $(wildcard tools/*.h) | deps
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-build/tests/%.o: tests/%.cpp tests/test_util.h model.h data/tasks.h | deps
+build/tests/%.o: tests/%.cpp tests/test_util.h model.h data/tasks.h $(wildcard tools/*.h) | deps
 	@mkdir -p build/tests
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 

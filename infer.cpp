@@ -6,10 +6,8 @@
 //   2. generate: one token at a time in the recurrent form, O(1) time and
 //      memory per token: the state is all the model remembers.
 // `./infer --help` lists the flags.
-#define STB_IMAGE_WRITE_IMPLEMENTATION
 #include "model.h"
 #include "data/tasks.h"
-#include <map>
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -98,38 +96,28 @@ struct Generator {
     RecState state;
     int B, piece;               // rows, and the longest run of tokens one forward takes
     std::vector<int> buf;       // [B, piece] the tokens of one piece
-    std::vector<float> logits;  // [B, len, vocab] of the last piece fed (len = last_len)
+    std::vector<float> host;    // the logits copied from the GPU
+    const float *logits;        // [B, len, vocab] of the last piece fed (len = last_len)
     int last_len;
-    bool gpu;
 };
 
 static void gen_open(Generator *g, const Config *c, float *params, const std::string &device, int B = 1, int piece = PREFILL_PIECE) {
-    g->gpu = device == "cuda";
     g->B = B;
     g->piece = piece;
-    if (g->gpu) {
-        std::string why;
-        if (!gpu::available(&why)) die("--device cuda: %s", why.c_str());
-        gpu::model_init(&g->m, c, params);
-        free(params);
-        gpu::model_alloc_acts(&g->m, B, piece);
-        gpu::state_alloc(c, B, &g->state);
-    } else {
-        cpu::model_init(&g->m, c, params);
-        cpu::model_alloc_acts(&g->m, B, piece);
-        cpu::state_alloc(c, B, &g->state);
-    }
+    dev::model_init(&g->m, c, params, device);
+    dev::model_alloc_acts(&g->m, B, piece);
+    dev::state_alloc(&g->m, B, &g->state);
     g->buf.resize((size_t)B * piece);
-    g->logits.assign((size_t)B * piece * c->vocab_size, 0.0f);
+    g->logits = nullptr;
     g->last_len = 0;
 }
 
 static void gen_close(Generator *g) {
-    if (g->gpu) { gpu::state_free(&g->state); gpu::model_free(&g->m); }
-    else { cpu::state_free(&g->state); cpu::model_free(&g->m); }
+    dev::state_free(&g->m, &g->state);
+    dev::model_free(&g->m);
 }
 
-static void gen_reset(Generator *g) { g->gpu ? gpu::state_zero(&g->m.config, &g->state) : cpu::state_zero(&g->m.config, &g->state); }
+static void gen_reset(Generator *g) { dev::state_zero(&g->m, &g->state); }
 
 // Runs n tokens of each of the B rows (tokens: [B, n]) through the model from
 // the current state, in pieces; keeps the logits of the last piece. A piece
@@ -137,24 +125,18 @@ static void gen_reset(Generator *g) { g->gpu ? gpu::state_zero(&g->m.config, &g-
 // same math, tested equal).
 static void gen_feed(Generator *g, const int *tokens, int n) {
     int B = g->B;
-    size_t V = g->m.config.vocab_size;
     for (int at = 0; at < n; at += g->piece) {
         int len = std::min(g->piece, n - at);
         for (int b = 0; b < B; b++) memcpy(&g->buf[(size_t)b * len], tokens + (size_t)b * n + at, len * sizeof(int));
         g->m.mixer_form = len == 1 ? MIX_RECURRENT : MIX_CHUNKED;
-        if (g->gpu) {
-            gpu::model_forward(&g->m, g->buf.data(), nullptr, B, len, &g->state);
-            gpu::logits_to_host(&g->m, g->logits.data());
-        } else {
-            cpu::model_forward(&g->m, g->buf.data(), nullptr, B, len, &g->state);
-            memcpy(g->logits.data(), g->m.acts.logits, (size_t)B * len * V * sizeof(float));
-        }
+        dev::model_forward(&g->m, g->buf.data(), nullptr, B, len, &g->state);
+        g->logits = dev::logits_on_host(&g->m, &g->host);
         g->last_len = len;
     }
 }
 // the logits of row b at position t of the last piece
 static const float *gen_logits(const Generator *g, int b, int t) {
-    return g->logits.data() + ((size_t)b * g->last_len + t) * g->m.config.vocab_size;
+    return g->logits + ((size_t)b * g->last_len + t) * g->m.config.vocab_size;
 }
 static int argmax(const float *x, int n) {
     int best = 0;
@@ -223,331 +205,9 @@ static int run_generate(const InferOptions *o) {
 }
 
 // ----------------------------------------------------------------------------
-// --bench: generation speed at batch 1 on a random model of a preset
-
-static int run_bench(const InferOptions *o) {
-    std::vector<std::string> names;
-    if (!o->preset.empty()) names.push_back(o->preset);
-    else names = {"gla-small", "mamba2-small"};
-    std::string why;
-    if (o->device == "cuda" && !gpu::available(&why)) {
-        printf("GPU generation benchmark skipped: %s\n", why.c_str());
-        return 0;
-    }
-    for (const std::string &name : names) {
-        Config c;
-        if (!preset_config(name, &c)) die("--preset: unknown preset '%s'", name.c_str());
-        float *params = cpu::random_params(&c, 1);
-        Generator g;
-        gen_open(&g, &c, params, o->device);
-        Rng rng = {3};
-        std::vector<int> prompt(512);
-        for (int &t : prompt) t = 32 + rng_int(&rng, 95);
-        double t0 = now_seconds();
-        gen_feed(&g, prompt.data(), (int)prompt.size());
-        double t1 = now_seconds();
-        int n = 512;
-        for (int i = 0; i < n; i++) {
-            int next = sample(gen_logits(&g, 0, g.last_len - 1), c.vocab_size, 0.8f, 0, &rng);
-            gen_feed(&g, &next, 1);
-        }
-        double t2 = now_seconds(), tps = n / (t2 - t1), f = forward_flops_per_token(&c, true);
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, peak RSS %.0f MB\n",
-               name.c_str(), o->device.c_str(), prompt.size() / (t1 - t0), tps, f / 1e6, tps * f / 1e9, ru.ru_maxrss / 1024.0);
-        gen_close(&g);
-    }
-    return 0;
-}
-
-// ----------------------------------------------------------------------------
-// --eval: recall and language modelling, with fixed seeds so every model is
-// measured on the same samples
-
-#define EVAL_ROWS 32  // samples per forward
-
-// MQAR with n pairs and a gap of filler text: the fraction of query values
-// predicted exactly (argmax). About 2560 answers per cell, so the accuracy is
-// good to about 1 point.
-static double eval_mqar(Generator *g, const Corpus *filler, int n, int gap, float scale, int *answers) {
-    int L = 4 * n + gap, samples = (int)ceil(2560.0 * scale / n), B = g->B, V = g->m.config.vocab_size;
-    Rng rng = {1000003ull * n + gap};
-    std::vector<int> seq((size_t)B * L);
-    std::vector<char> is_target((size_t)B * L);
-    long right = 0, total = 0;
-    for (int done = 0; done < samples; done += B) {
-        for (int b = 0; b < B; b++) {
-            size_t s0 = rng_u64(&rng) % (filler->bytes.size() - gap);
-            mqar_instance(n, filler->bytes.data() + s0, gap, &rng, &seq[(size_t)b * L], &is_target[(size_t)b * L]);
-        }
-        gen_reset(g);
-        gen_feed(g, seq.data(), L);
-        for (int b = 0; b < B && done + b < samples; b++)
-            for (int t = 1; t < L; t++)
-                if (is_target[(size_t)b * L + t]) {
-                    right += argmax(gen_logits(g, b, t - 1), V) == seq[(size_t)b * L + t];
-                    total++;
-                }
-    }
-    *answers = (int)total;
-    return (double)right / total;
-}
-
-// Passkey at a context length and depth: the fraction of samples whose 5
-// greedy digits are the key.
-static double eval_passkey(Generator *g, int length, double depth, int samples, int *count) {
-    int B = g->B, V = g->m.config.vocab_size;
-    Rng rng = {7919ull * length + (uint64_t)(depth * 100)};
-    std::vector<int> prompts((size_t)B * length), next(B);
-    std::vector<std::string> answers(B);
-    int right = 0, total = 0;
-    for (int done = 0; done < samples; done += B) {
-        for (int b = 0; b < B; b++) {
-            std::string p = passkey_prompt(length, depth, &rng, &answers[b]);
-            for (int t = 0; t < length; t++) prompts[(size_t)b * length + t] = (uint8_t)p[t];
-        }
-        gen_reset(g);
-        gen_feed(g, prompts.data(), length);
-        std::vector<std::string> got(B);
-        for (int i = 0; i < 5; i++) {
-            for (int b = 0; b < B; b++) {
-                next[b] = argmax(gen_logits(g, b, g->last_len - 1), V);
-                got[b] += (char)next[b];
-            }
-            if (i < 4) gen_feed(g, next.data(), 1);
-        }
-        for (int b = 0; b < B && done + b < samples; b++) { right += got[b] == answers[b]; total++; }
-    }
-    *count = total;
-    return (double)right / total;
-}
-
-static double eval_bpb(Generator *g, const Corpus *val, int T, int max_rows) {
-    std::vector<int> in, tg;
-    int rows = validation_rows(val, T, max_rows, &in, &tg), B = g->B, V = g->m.config.vocab_size;
-    double nats = 0;
-    long count = 0;
-    std::vector<int> batch((size_t)B * T);
-    for (int r = 0; r < rows; r += B) {
-        int nb = std::min(B, rows - r);
-        for (int b = 0; b < B; b++) memcpy(&batch[(size_t)b * T], &in[(size_t)(r + std::min(b, nb - 1)) * T], T * sizeof(int));
-        gen_reset(g);
-        gen_feed(g, batch.data(), T);
-        for (int b = 0; b < nb; b++)
-            for (int t = 0; t < T; t++) {
-                const float *l = gen_logits(g, b, t);
-                float mx = l[argmax(l, V)];
-                double s = 0;
-                for (int i = 0; i < V; i++) s += exp((double)l[i] - mx);
-                nats += log(s) + mx - l[tg[(size_t)(r + b) * T + t]];
-                count++;
-            }
-    }
-    return nats / count / log(2.0);
-}
-
-static const int MQAR_N[] = {4, 8, 16, 32, 64};
-static const double DEPTHS[] = {0, 0.25, 0.5, 0.75, 1};
-
-static int run_eval(const InferOptions *o) {
-    if (o->model.empty()) die("--eval needs --model PATH");
-    Config c;
-    float *params;
-    read_model_or_die(o->model, &c, &params);
-    Corpus val;
-    // MQAR fillers start anywhere in the first size - gap bytes: at least one such place
-    std::string e = load_corpus(o->val, std::max(4096, o->mqar_gap + 1), &val);
-    if (!e.empty()) die("--val: %s", e.c_str());
-    size_t state = 0;
-    for (int l = 0; l < c.n_layer; l++) state += layer_state_floats(&c, l);
-    Generator g;
-    gen_open(&g, &c, params, o->device, EVAL_ROWS, 512);
-    std::string tsv = strf("model\t%s\nfamily\t%s\nparams\t%zu\nstate_floats\t%zu\n", o->model.c_str(), family_name(c.family),
-                           g.m.num_params, state);
-    double t0 = now_seconds();
-    printf("%s: %s, %zu parameters, recurrent state %zu floats\n", o->model.c_str(), family_name(c.family), g.m.num_params, state);
-    double bpb = eval_bpb(&g, &val, 512, 64);
-    printf("validation: %.4f bits/byte\n", bpb);
-    tsv += strf("bpb\t%.5f\n", bpb);
-    Series mq[2];
-    printf("MQAR accuracy (%%)   n:");
-    for (int n : MQAR_N) printf(" %6d", n);
-    printf("\n");
-    for (int gi = 0; gi < 2; gi++) {
-        int gap = gi ? o->mqar_gap : 0;
-        mq[gi] = {gi ? strf("gap %d", gap) : "no gap", {}, {}, gi ? 0xD62728u : 0x1F77B4u};
-        printf("  gap %4d          ", gap);
-        for (int n : MQAR_N) {
-            int answers;
-            double acc = eval_mqar(&g, &val, n, gap, o->eval_scale, &answers);
-            printf(" %6.1f", 100 * acc);
-            fflush(stdout);
-            tsv += strf("mqar\t%d\t%d\t%.5f\t%d\n", n, gap, acc, answers);
-            mq[gi].x.push_back(n);
-            mq[gi].y.push_back(100 * acc);
-        }
-        printf("\n");
-    }
-    std::vector<int> lengths;
-    for (int L = 256; L <= o->passkey_max; L *= 2) lengths.push_back(L);
-    int per_cell = std::max(8, (int)(40 * o->eval_scale));
-    Series pk{"passkey", {}, {}, 0x2CA02C};
-    printf("passkey accuracy (%%), %d samples per depth; depths 0, .25, .5, .75, 1 and mean\n", per_cell);
-    for (int L : lengths) {
-        printf("  length %5d      ", L);
-        double sum = 0;
-        for (double d : DEPTHS) {
-            int count;
-            double acc = eval_passkey(&g, L, d, per_cell, &count);
-            printf(" %6.1f", 100 * acc);
-            fflush(stdout);
-            tsv += strf("passkey\t%d\t%.2f\t%.5f\t%d\n", L, d, acc, count);
-            sum += acc;
-        }
-        printf("  | %6.1f\n", 100 * sum / 5);
-        pk.x.push_back(L);
-        pk.y.push_back(100 * sum / 5);
-    }
-    printf("evaluated in %.0fs\n", now_seconds() - t0);
-    if (!o->eval_out.empty()) {
-        e = write_file_atomic(o->eval_out + ".tsv", {{tsv.data(), tsv.size()}});
-        if (e.empty()) e = write_line_chart(o->eval_out + "_mqar.png", "MQAR ACCURACY", "PAIRS N", "%", {mq[0], mq[1]}, true, 0, 100);
-        if (e.empty()) e = write_line_chart(o->eval_out + "_passkey.png", "PASSKEY ACCURACY", "CONTEXT BYTES", "%", {pk}, true, 0, 100);
-        if (!e.empty()) die("%s", e.c_str());
-    }
-    gen_close(&g);
-    return 0;
-}
-
-// ----------------------------------------------------------------------------
-// --summarize DIR: the experiment's tables and charts. DIR holds, per family
-// (gla, mamba2), kind (base, lpt, statex) and seed, FAMILY-KIND-sSEED.eval.tsv
-// from --eval and FAMILY-KIND-sSEED.bin.stats from ./train.
-
-struct Measured {  // one metric over the seeds
-    std::vector<double> v;
-    std::string cell(int digits) const {
-        if (v.empty()) return "-";
-        double m = 0, s = 0;
-        for (double x : v) m += x;
-        m /= v.size();
-        for (double x : v) s += (x - m) * (x - m);
-        s = v.size() > 1 ? sqrt(s / (v.size() - 1)) : 0;
-        return v.size() > 1 ? strf("%.*f ± %.*f", digits, m, digits, s) : strf("%.*f", digits, m);
-    }
-    double mean() const { double m = 0; for (double x : v) m += x; return v.empty() ? NAN : m / v.size(); }
-};
-
-static std::map<std::string, std::string> read_tsv(const std::string &path, std::vector<std::vector<std::string>> *rows) {
-    std::vector<char> b;
-    std::map<std::string, std::string> kv;
-    if (!read_file(path, &b).empty()) return kv;
-    std::string text(b.begin(), b.end()), line;
-    for (size_t p = 0, q; p < text.size(); p = q + 1) {
-        q = text.find('\n', p);
-        if (q == std::string::npos) q = text.size();
-        std::vector<std::string> f;
-        line = text.substr(p, q - p);
-        for (size_t a = 0, z; a <= line.size(); a = z + 1) {
-            z = line.find('\t', a);
-            if (z == std::string::npos) z = line.size();
-            f.push_back(line.substr(a, z - a));
-        }
-        if (f.size() == 2) kv[f[0]] = f[1];
-        if (rows) rows->push_back(f);
-    }
-    return kv;
-}
-
-static int run_summarize(const InferOptions *o) {
-    const char *kinds[] = {"base", "lpt", "statex"}, *kind_names[] = {"base", "LPT", "StateX"};
-    std::string md = "# StateX experiment: results\n\nEach cell is the mean ± standard deviation over the seeds "
-                     "(sample std; the number of seeds is in the first table). Accuracies in %.\n";
-    int found = 0;
-    for (const char *fam : {"gla", "mamba2"}) {
-        // metric -> kind -> values over seeds
-        std::map<std::string, Measured> m[3];
-        std::vector<std::string> order;
-        auto add = [&](int k, const std::string &name, double v) {
-            if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
-            m[k][name].v.push_back(v);
-        };
-        for (int k = 0; k < 3; k++)
-            for (int seed = 1; seed <= 100; seed++) {
-                std::string base = strf("%s/%s-%s-s%d", o->summarize.c_str(), fam, kinds[k], seed);
-                std::vector<std::vector<std::string>> rows;
-                std::map<std::string, std::string> ev = read_tsv(base + ".eval.tsv", &rows);
-                if (ev.empty()) continue;
-                found++;
-                std::map<std::string, std::string> st = read_tsv(base + ".bin.stats", nullptr);
-                add(k, "seeds", 1);
-                add(k, "parameters", atof(ev["params"].c_str()));
-                add(k, "recurrent state (floats)", atof(ev["state_floats"].c_str()));
-                if (st.count("wall_seconds")) add(k, "training time of this stage (s)", atof(st["wall_seconds"].c_str()));
-                if (st.count("peak_rss_mb")) add(k, "peak memory (MB)", atof(st["peak_rss_mb"].c_str()));
-                if (st.count("tokens")) add(k, "training tokens of this stage (M)", atof(st["tokens"].c_str()) / 1e6);
-                add(k, "validation bits/byte", atof(ev["bpb"].c_str()));
-                std::map<int, std::vector<double>> pk;
-                for (auto &r : rows) {
-                    if (r.size() == 5 && r[0] == "mqar")
-                        add(k, strf("MQAR n=%s%s", r[1].c_str(), r[2] == "0" ? "" : strf(", gap %s", r[2].c_str()).c_str()), 100 * atof(r[3].c_str()));
-                    if (r.size() == 5 && r[0] == "passkey") pk[atoi(r[1].c_str())].push_back(atof(r[3].c_str()));
-                }
-                for (auto &p : pk) {
-                    double a = 0;
-                    for (double x : p.second) a += x;
-                    add(k, strf("passkey %d bytes (mean of depths)", p.first), 100 * a / p.second.size());
-                }
-            }
-        if (m[0].empty() && m[1].empty() && m[2].empty()) continue;
-        md += strf("\n## %s\n\n| | %s | %s | %s |\n|---|---|---|---|\n", fam[0] == 'g' ? "GLA" : "Mamba2", kind_names[0], kind_names[1], kind_names[2]);
-        for (const std::string &name : order) {
-            int digits = name == "seeds" || name.find("parameters") == 0 || name.find("state (") != std::string::npos ||
-                         name.find("memory") != std::string::npos ? 0 : name.find("bits") != std::string::npos ? 3 : 1;
-            md += "| " + name + " | ";
-            for (int k = 0; k < 3; k++) {
-                const Measured &x = m[k][name];
-                md += (name == "seeds" ? strf("%zu", x.v.size()) : x.cell(digits)) + " | ";
-            }
-            md += "\n";
-        }
-        // charts: MQAR against n (without a gap, and in a lighter shade with
-        // one), passkey against length; one line per kind
-        std::vector<Series> mq, mq_gap, pk;
-        uint32_t colors[3] = {0x7F7F7F, 0x1F77B4, 0xD62728}, light[3] = {0xC7C7C7, 0x9EC9E9, 0xF0A0A0};
-        for (int k = 0; k < 3; k++) {
-            Series a{kind_names[k], {}, {}, colors[k]}, b{kind_names[k], {}, {}, colors[k]};
-            Series g{std::string(kind_names[k]) + ", GAP", {}, {}, light[k]};
-            for (int n : MQAR_N) {
-                auto it = m[k].find(strf("MQAR n=%d", n));
-                if (it != m[k].end()) { a.x.push_back(n); a.y.push_back(it->second.mean()); }
-                for (auto &[name, x] : m[k])  // whatever gap the evaluation used
-                    if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { g.x.push_back(n); g.y.push_back(x.mean()); break; }
-            }
-            if (!g.x.empty()) mq_gap.push_back(g);
-            for (int L = 256; L <= 1 << 20; L *= 2) {
-                auto it = m[k].find(strf("passkey %d bytes (mean of depths)", L));
-                if (it != m[k].end()) { b.x.push_back(L); b.y.push_back(it->second.mean()); }
-            }
-            mq.push_back(a);
-            pk.push_back(b);
-        }
-        mq.insert(mq.end(), mq_gap.begin(), mq_gap.end());
-        std::string title = fam[0] == 'g' ? "GLA" : "MAMBA2";
-        std::string e = write_line_chart(strf("%s/%s_mqar.png", o->summarize.c_str(), fam), title + ": MQAR ACCURACY", "PAIRS N", "%", mq, true, 0, 100);
-        if (e.empty()) e = write_line_chart(strf("%s/%s_passkey.png", o->summarize.c_str(), fam), title + ": PASSKEY ACCURACY", "CONTEXT BYTES", "%", pk, true, 0, 100);
-        if (!e.empty()) die("%s", e.c_str());
-        md += strf("\n![%s MQAR](%s_mqar.png) ![%s passkey](%s_passkey.png)\n", title.c_str(), fam, title.c_str(), fam);
-    }
-    if (!found) die("--summarize: no FAMILY-KIND-sSEED.eval.tsv files in %s", o->summarize.c_str());
-    std::string path = o->summarize + "/results.md";
-    std::string e = write_file_atomic(path, {{md.data(), md.size()}});
-    if (!e.empty()) die("%s", e.c_str());
-    printf("%s", md.c_str());
-    printf("\nwrote %s and the charts beside it\n", path.c_str());
-    return 0;
-}
+// the rest of ./infer: --bench, --eval and --summarize (they use the
+// Generator above)
+#include "tools/infer_tools.h"
 
 int main(int argc, char **argv) {
     InferOptions o;

@@ -12,6 +12,7 @@
 // or a full disk never leaves a half-written checkpoint.
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include "model.h"
+#include "tools/chart.h"
 #include "data/tasks.h"
 #include <omp.h>
 #include <sys/resource.h>
