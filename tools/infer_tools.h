@@ -8,10 +8,33 @@
 #pragma once
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include "chart.h"
+#include "bench.h"
 #include <map>
 
 // ----------------------------------------------------------------------------
-// --bench: generation speed at batch 1 on a random model of a preset
+// --bench: generation speed on a random model of a preset. At batch 1 a decode
+// step reads every weight once (the lm head included) and reads and writes the
+// recurrent state, so its speed limit is the read bandwidth over those bytes;
+// the bandwidth is measured in the same run on a buffer of the same size.
+// Batched generation (B 8) reads the weights once for 8 tokens.
+
+// Times prefill of 512 tokens and `n` decode steps of B rows; tokens/s of both.
+static void bench_generate(Generator *g, int n, double *prefill_tps, double *decode_tps) {
+    int B = g->B, V = g->m.config.vocab_size;
+    Rng rng = {3};
+    std::vector<int> prompt((size_t)B * 512), next(B);
+    for (int &t : prompt) t = 32 + rng_int(&rng, 95);
+    double t0 = now_seconds();
+    gen_feed(g, prompt.data(), 512);
+    double t1 = now_seconds();
+    for (int i = 0; i < n; i++) {
+        for (int b = 0; b < B; b++) next[b] = sample(gen_logits(g, b, g->last_len - 1), V, 0.8f, 0, &rng);
+        gen_feed(g, next.data(), 1);
+    }
+    double t2 = now_seconds();
+    *prefill_tps = B * 512.0 / (t1 - t0);
+    *decode_tps = (double)B * n / (t2 - t1);
+}
 
 static int run_bench(const InferOptions *o) {
     std::vector<std::string> names;
@@ -22,29 +45,35 @@ static int run_bench(const InferOptions *o) {
         printf("GPU generation benchmark skipped: %s\n", why.c_str());
         return 0;
     }
+    printf("machine: %s\n", machine_line().c_str());
     for (const std::string &name : names) {
         Config c;
         if (!preset_config(name, &c)) die("--preset: unknown preset '%s'", name.c_str());
-        float *params = cpu::random_params(&c, 1);
+        double state_bytes = 0;
+        for (int l = 0; l < c.n_layer; l++) state_bytes += 4.0 * layer_state_floats(&c, l);
+        double bytes = 4.0 * matmul_weights(&c) + 2 * state_bytes;  // weights read, state read and written
+        int threads = omp_get_max_threads();
+        double bw = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, threads) : 0;
+        double bw1 = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, 1) : 0;
+        double f = forward_flops_per_token(&c, true), pre, dec;
         Generator g;
-        gen_open(&g, &c, params, o->device);
-        Rng rng = {3};
-        std::vector<int> prompt(512);
-        for (int &t : prompt) t = 32 + rng_int(&rng, 95);
-        double t0 = now_seconds();
-        gen_feed(&g, prompt.data(), (int)prompt.size());
-        double t1 = now_seconds();
-        int n = 512;
-        for (int i = 0; i < n; i++) {
-            int next = sample(gen_logits(&g, 0, g.last_len - 1), c.vocab_size, 0.8f, 0, &rng);
-            gen_feed(&g, &next, 1);
-        }
-        double t2 = now_seconds(), tps = n / (t2 - t1), f = forward_flops_per_token(&c, true);
+        gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
+        bench_generate(&g, 512, &pre, &dec);
+        gen_close(&g);
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
-        printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, peak RSS %.0f MB\n",
-               name.c_str(), o->device.c_str(), prompt.size() / (t1 - t0), tps, f / 1e6, tps * f / 1e9, ru.ru_maxrss / 1024.0);
-        gen_close(&g);
+        printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, "
+               "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, dec, f / 1e6, dec * f / 1e9, ru.ru_maxrss / 1024.0);
+        if (bw > 0)
+            printf("%-13s   %.2f MB read per token; read bandwidth (same run) %.1f GB/s on %d threads, %.1f GB/s on 1 "
+                   "-> bound %.0f tok/s; generation (1 thread) at %.0f%% of the %d-thread bound\n", name.c_str(),
+                   bytes / 1e6, bw, threads, bw1, bw * 1e9 / bytes, 100.0 * dec / (bw * 1e9 / bytes), threads);
+        Generator gb;
+        gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
+        bench_generate(&gb, 128, &pre, &dec);
+        gen_close(&gb);
+        printf("%-13s generate B 8 (%s): prefill %6.0f tok/s, generation %6.0f tok/s (all rows)\n", name.c_str(),
+               o->device.c_str(), pre, dec);
     }
     return 0;
 }
