@@ -2,6 +2,7 @@
 #
 #   make              build ./train and ./infer (with CUDA when nvcc is found)
 #   make test         build and run the tests (GPU tests skip without a GPU)
+#   make sanitize     the same tests under AddressSanitizer and UBSan (CPU only)
 #   make train        the main job: prepare the corpus, train a small model, sample
 #   make bench        throughput, FLOP rate and memory for the benchmark presets
 #   make experiment   the StateX recall experiment (see README.md)
@@ -69,7 +70,7 @@ BIN_TRAIN = $(CURDIR)/train
 BIN_INFER = $(CURDIR)/infer
 BIN_TESTS = $(CURDIR)/tests/run_tests
 
-.PHONY: all deps deps-data test test-gpu gpu-check vendor-headers bench bench-gpu train data experiment experiment-quick clean
+.PHONY: all deps deps-data test test-gpu sanitize gpu-check vendor-headers bench bench-gpu train data experiment experiment-quick clean
 all: $(BIN_TRAIN) $(BIN_INFER)
 
 # $(call install,file:package list): installs what is missing (root, and not
@@ -149,6 +150,33 @@ vendor-headers:
 	cp $(STB_INC)/stb_image_write.h $(VENDOR)/stb/
 	cp $(DOCTEST_INC)/doctest/doctest.h $(VENDOR)/doctest/
 	@echo "$(VENDOR)/: $$(du -sh $(VENDOR) | cut -f1); git ignores it; the Makefile uses it where the Debian headers are missing"
+
+# The whole suite under AddressSanitizer and UBSan, CPU only, built in its own
+# directory so the normal build stays. It runs from that directory, where
+# ./train and ./infer are the sanitized binaries and data/ and tests/refdata
+# are links to the real ones. Any report fails the run: UBSan halts, and the
+# tests fail when a binary they run prints a report.
+SAN_DIR   = build/sanitize
+SAN_FLAGS = -O2 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -std=c++17 -fopenmp \
+            -Wall -Wextra -isystem $(EIGEN_INC) -isystem $(STB_INC) \
+            $(if $(filter /usr/include /usr/include/,$(DOCTEST_INC)),,-isystem $(DOCTEST_INC))
+SAN_ENV   = ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+$(SAN_DIR)/%.o: %.cpp model.h data/tasks.h tests/test_util.h $(wildcard tools/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CXX) $(SAN_FLAGS) $(EIGEN_FLAGS) -c $< -o $@
+
+$(SAN_DIR)/train $(SAN_DIR)/infer: $(SAN_DIR)/%: $(SAN_DIR)/%.o $(SAN_DIR)/statex_cpu.o
+	$(CXX) $(SAN_FLAGS) $^ -o $@ -lm
+
+$(SAN_DIR)/tests/run_tests: $(patsubst %.cpp,$(SAN_DIR)/%.o,$(TESTS)) $(SAN_DIR)/statex_cpu.o
+	$(CXX) $(SAN_FLAGS) $^ -o $@ -lm
+
+sanitize: $(SAN_DIR)/train $(SAN_DIR)/infer $(SAN_DIR)/tests/run_tests data/train.txt
+	ln -sfn ../../data $(SAN_DIR)/data
+	ln -sfn ../../../tests/refdata $(SAN_DIR)/tests/refdata
+	cd $(SAN_DIR) && $(SAN_ENV) ./tests/run_tests
 
 # one preset per process, so each peak-memory figure is that preset's alone;
 # the GPU lines run when a GPU is there and say why not otherwise (once)

@@ -410,22 +410,25 @@ static void unlock_all() {
     for (PathLock &l : g_locks) { unlink(l.path.c_str()); close(l.fd); }
     g_locks.clear();
 }
-static void lock_checkpoint(const std::string &path, const char *flag) {
+// Returns false, for a checkpoint only read (read_only), when its directory is
+// not writable: nobody can be writing it there.
+static bool lock_checkpoint(const std::string &path, const char *flag, bool read_only = false) {
     std::string lp = path + ".lock";
     for (int tries = 0; tries < 100; tries++) {
         int fd = open(lp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 && read_only && (errno == EACCES || errno == EROFS || errno == EPERM)) return false;
         if (fd < 0) die("%s %s: cannot create %s (is its directory there and writable?): %s", flag, path.c_str(), lp.c_str(), strerror(errno));
         struct stat a, b;
         fstat(fd, &a);
         for (const PathLock &l : g_locks)
-            if (l.dev == a.st_dev && l.ino == a.st_ino) { close(fd); return; }  // the same file, already ours
+            if (l.dev == a.st_dev && l.ino == a.st_ino) { close(fd); return true; }  // the same file, already ours
         if (flock(fd, LOCK_EX | LOCK_NB) != 0)
             die("%s %s: another run is writing this checkpoint (it holds %s)", flag, path.c_str(), lp.c_str());
         // the lock file may have been removed by its last owner between our open and our lock: then lock the new one
         if (stat(lp.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
             if (g_locks.empty()) atexit(unlock_all);
             g_locks.push_back({lp, fd, a.st_dev, a.st_ino});
-            return;
+            return true;
         }
         close(fd);
     }
@@ -702,8 +705,7 @@ int main(int argc, char **argv) {
                                   "--d-inner", "--headdim", "--d-state", "--d-conv"})
                 if (a == f) die("%s: not with --resume: the checkpoint's model is fixed (and already expanded, if its run expanded)", f);
         // the lock first: this run may finish the checkpoint's interrupted save
-        lock_checkpoint(o.resume, "--resume");
-        recover_checkpoint(o.resume);
+        if (lock_checkpoint(o.resume, "--resume", true)) recover_checkpoint(o.resume);
         // the stored flags of the run first, then this command line's on top
         Config c;
         float *p;

@@ -7,7 +7,7 @@ static std::string tmp_path(const char *name) { return std::string("/tmp/statex_
 static void write_bytes(const std::string &path, const std::vector<char> &b) {
     FILE *f = fopen(path.c_str(), "wb");
     REQUIRE(f);
-    fwrite(b.data(), 1, b.size(), f);
+    if (!b.empty()) fwrite(b.data(), 1, b.size(), f);  // b.data() may be NULL: fwrite must not get it
     fclose(f);
 }
 static std::vector<char> bytes_of(const std::string &path) {

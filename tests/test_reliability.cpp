@@ -1,0 +1,330 @@
+// Reliability of the command-line tools: a table of bad command lines and bad
+// data, each refused with one error line that names the flag or file, and
+// nothing overwritten; the checkpoint pair, its lock and its recovery; kill -9
+// at random moments (tests/kill_test.sh); and the property that a resumed run
+// ends bit for bit where an uninterrupted one does, for randomly drawn flag
+// mixes and under different malloc settings.
+#include "test_util.h"
+#include <climits>
+#include <csignal>
+#include <sys/wait.h>
+
+// Runs a shell command; its exit status (128 + signal when killed) and its
+// output, stderr included. A sanitizer report in the output fails the test.
+static int run(const std::string &cmd, std::string *out = nullptr) {
+    FILE *p = popen((cmd + " 2>&1").c_str(), "r");
+    REQUIRE(p);
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    int status = pclose(p);
+    CAPTURE(cmd);
+    CAPTURE(text);
+    CHECK(text.find("Sanitizer") == std::string::npos);
+    CHECK(text.find("runtime error") == std::string::npos);
+    if (out) *out = text;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+static std::string tmpdir(const char *name) {
+    std::string d = std::string("/tmp/statex_rel_") + name + "_" + std::to_string(getpid());
+    (void)system(("rm -rf " + d + " && mkdir -p " + d).c_str());
+    return d;
+}
+static std::vector<char> bytes(const std::string &path) {
+    std::vector<char> b;
+    read_file(path, &b);
+    return b;
+}
+static bool exists(const std::string &path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+static int count(const std::string &s, const std::string &what) {
+    int n = 0;
+    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) n++;
+    return n;
+}
+// the files in a directory, one string
+static std::string listing(const std::string &d) {
+    std::string out;
+    run("ls -A " + d, &out);
+    return out;
+}
+
+static const char *TINY_GLA = "--family gla --d-model 32 --n-layer 2 --key-dim 16 --value-dim 32 --heads 2 --gate-rank 4 --mlp-hidden 64";
+static const char *TINY_M2 = "--family mamba2 --d-model 32 --n-layer 2 --d-inner 64 --headdim 16 --d-state 8 --d-conv 4";
+
+// A small GLA model file with the given vocabulary, and optionally a NaN in a tensor.
+static std::string small_model(const std::string &path, int vocab, bool nan) {
+    Config c;
+    memset(&c, 0, sizeof c);
+    c.family = FAMILY_GLA; c.vocab_size = vocab; c.d_model = 8; c.n_layer = 1; c.tied = 1;
+    c.key_dim = 8; c.value_dim = 8; c.gate_rank = 2; c.mlp_hidden = 8; c.n_head[0] = 2;
+    std::vector<float> p(num_params_of(&c), 0.01f);
+    if (nan) p[param_layout(&c)[3].offset + 5] = NAN;  // in layers.0.attn.k_proj.weight
+    int32_t h[256];
+    config_to_header(&c, h);  // written raw: the writer would be right to refuse nothing here
+    REQUIRE(write_file_atomic(path, {{h, sizeof h}, {p.data(), 4 * p.size()}}).empty());
+    return path;
+}
+
+TEST_CASE("bad input matrix: each bad flag or file gives one error line naming it, and overwrites nothing") {
+    std::string d = tmpdir("matrix"), out;
+    std::string keep = d + "/keep.bin";
+    const char sentinel[] = "do not touch";
+    REQUIRE(write_file_atomic(keep, {{sentinel, sizeof sentinel}}).empty());
+    std::string train = std::string("./train ") + TINY_GLA + " --steps 2 --batch 1 --seq-len 16 --out " + keep;
+    // a checkpoint to resume, and variants of its .opt
+    std::string ck = d + "/ck.bin";
+    REQUIRE_MESSAGE(run(std::string("./train ") + TINY_GLA + " --steps 2 --batch 1 --seq-len 16 --quiet --out " + ck, &out) == 0, out);
+    std::vector<char> opt = bytes(ck + ".opt");
+    auto opt_variant = [&](const std::string &name, size_t at, int32_t v) {
+        std::vector<char> b = opt;
+        memcpy(&b[at], &v, 4);
+        REQUIRE(write_file_atomic(d + "/" + name, {{b.data(), b.size()}}).empty());
+        return d + "/" + name;
+    };
+    auto pair_with_opt = [&](const std::string &name, const std::vector<char> &o) {  // ck.bin's model, this .opt
+        std::string p = d + "/" + name;
+        run("cp " + ck + " " + p);
+        REQUIRE(write_file_atomic(p + ".opt", {{o.data(), o.size()}}).empty());
+        return p;
+    };
+    std::string step_bad = opt_variant("step.opt", 8, -1000);
+    pair_with_opt("negstep.bin", bytes(step_bad));
+    // stored flags, rewritten: a bad value; a flag that does not define a run
+    Config cc;
+    float *cp = nullptr;
+    REQUIRE(read_model_file(ck, &cc, &cp).empty());
+    OptState os;
+    REQUIRE(read_opt_file(ck + ".opt", cp, num_params_of(&cc), &os).empty());
+    REQUIRE(write_opt_file(d + "/flags.bin.opt", os.step, {"--steps", "abc"}, cp, os.m.data(), os.v.data(), num_params_of(&cc), &os.history).empty());
+    REQUIRE(write_opt_file(d + "/outflag.bin.opt", os.step, {"--steps", "4", "--out", keep}, cp, os.m.data(), os.v.data(), num_params_of(&cc), &os.history).empty());
+    std::vector<float> mnan = os.m;
+    mnan[7] = NAN;
+    REQUIRE(write_opt_file(d + "/mnan.bin.opt", os.step, os.flags, cp, mnan.data(), os.v.data(), num_params_of(&cc), &os.history).empty());
+    free(cp);
+    for (const char *n : {"flags.bin", "outflag.bin", "mnan.bin"}) run("cp " + ck + " " + d + "/" + n);
+    // a checkpoint whose .opt belongs to another moment
+    run("cp " + ck + ".opt " + d + "/other.bin.opt && cp tests/refdata/gla_small.bin " + d + "/other.bin");
+    // data cases
+    run("mkfifo " + d + "/fifo && mkdir " + d + "/dir && echo x > " + d + "/file.txt && head -c 4096 data/val.txt > " + d + "/val4096.txt");
+    run("head -c 100 data/val.txt > " + d + "/short.txt && head -c 300 data/val.txt > " + d + "/prompt.txt");
+    small_model(d + "/vocab1.bin", 1, false);
+    small_model(d + "/nan.bin", 256, true);
+
+    struct Case { std::string cmd, why; } cases[] = {
+        // flags
+        {train + " --steps -5", "--steps -5 must be >= 0"},
+        {train + " --weight-decay -1", "--weight-decay -1 must be >= 0"},
+        {train + " --save-every -5", "--save-every -5 must be >= 0"},
+        {train + " --eval-every -5", "--eval-every -5 must be >= 0"},
+        {train + " --stop-at -1", "--stop-at -1 must be >= 0"},
+        {train + " --expand-every 1", "--expand-every needs --expand"},
+        {"./train --resume " + ck + " --expand merge --expand-every 1 --out " + keep, "--expand: not with --resume"},
+        {"./train --resume " + ck + " --d-model 64 --out " + keep, "--d-model: not with --resume"},
+        {train + " --steps 0", "--steps must be positive"},
+        {train + " --lr 0", "--lr must be positive"},
+        {train + " --lr nan", "--lr: 'nan' is not a number"},
+        {train + " --batch 0", "--batch 0 must be between"},
+        {train + " --seq-len 0", "--seq-len 0 must be between"},
+        {train + " --eval-rows 0", "--eval-rows must be >= 1"},
+        {train + " --warmup -1", "--warmup must be >= 0"},
+        {train + " --grad-clip -1", "--grad-clip must be >= 0"},
+        {train + " --min-lr-frac 2", "--min-lr-frac must be between"},
+        {train + " --recall-frac 2", "--recall-frac and --passkey-share"},
+        {train + " --mqar-min 0", "--mqar-min"},
+        {train + " --mqar-gap -1", "--mqar-gap must be >= 0"},
+        {train + " --expand-every -1", "--expand-every -1 must be >= 0"},
+        {train + " --steps 99999999999", "'99999999999' is not an integer"},
+        {train + " --device tpu", "--device: 'tpu' is not cpu or cuda"},
+        {train + " --gate-rank 0", "gate_rank 0 out of range"},
+        {train + " --family gla --expand merge --expand-every 1", "--expand needs --init"},
+        {train + " --steps", "--steps needs a value"},
+        // --out
+        {train + " --out " + d + "/dir", "is a directory"},
+        {train + " --out " + d + "/", "must name a file"},
+        {train + " --out " + d + "/file.txt/m.bin", "cannot create"},
+        // files: data, models, checkpoints
+        {train + " --data " + d + "/fifo", "not a regular file"},
+        {train + " --data " + d + "/dir", "not a regular file"},
+        {train + " --data " + d + "/short.txt --seq-len 200", "fewer than the 201"},
+        {train + " --val " + d + "/missing.txt", "--val: cannot open"},
+        {"./train --init " + d + "/fifo --steps 1 --out " + keep, "not a regular file"},
+        {"./train --init " + d + "/vocab1.bin --steps 1 --out " + keep, "vocab_size 1 out of range"},
+        {"./train --init " + d + "/nan.bin --steps 1 --out " + keep, "tensor layers.0.attn.k_proj.weight holds NaN"},
+        {"./train --resume " + d + "/negstep.bin --out " + keep, "step -1000 out of range"},
+        {"./train --resume " + d + "/flags.bin --out " + keep, "flags.bin.opt: stored flags: --steps: 'abc' is not an integer"},
+        {"./train --resume " + d + "/outflag.bin --out " + keep, "do not define a run"},
+        {"./train --resume " + d + "/mnan.bin --out " + keep, "moment 7 is not finite"},
+        {"./train --resume " + d + "/other.bin --out " + keep, "holds"},
+        {"./train --resume " + d + "/missing.bin --out " + keep, "cannot open"},
+        {"./train --init tests/refdata/gla_small.bin --debug-state " + d + "/fifo --dump-state " + keep, "not a regular file"},
+        // infer
+        {"./infer --model " + d + "/vocab1.bin --prompt The", "vocab_size 1 out of range"},
+        {"./infer --model " + d + "/nan.bin --prompt The", "holds NaN"},
+        {"./infer --model " + d + "/fifo", "not a regular file"},
+        {"./infer --model tests/refdata/gla_small.bin --prompt-file " + d + "/fifo", "--prompt-file"},
+        {"./infer --model tests/refdata/gla_small.bin --prompt-file " + d + "/prompt.txt --max-prompt 200", "more than the 200"},
+        {"./infer --model tests/refdata/gla_small.bin --eval --val " + d + "/val4096.txt --mqar-gap 4096", "fewer than the 4097"},
+        {"./infer --model tests/refdata/gla_small.bin --top-k -1", "--top-k must be >= 0"},
+    };
+    for (const Case &k : cases) {
+        int rc = run(k.cmd, &out);
+        CAPTURE(k.cmd);
+        CAPTURE(out);
+        CHECK(rc == 1);
+        CHECK(count(out, "error: ") == 1);
+        CHECK(out.find(k.why) != std::string::npos);
+        std::vector<char> b = bytes(keep);
+        CHECK(std::string(b.begin(), b.end() - 1) == sentinel);
+        CHECK_FALSE(exists(keep + ".opt"));
+        CHECK_FALSE(exists(keep + ".png"));
+        CHECK_FALSE(exists(keep + ".lock"));
+    }
+    CHECK(bytes(ck + ".opt") == opt);  // the checkpoint resumed by bad command lines is untouched
+    MESSAGE("bad-input cases: " << sizeof cases / sizeof cases[0]);
+    run("rm -rf " + d);
+}
+
+TEST_CASE("checkpoint pair: an interrupted save is finished or dropped at the next start; stale temporaries go") {
+    std::string d = tmpdir("pair"), out;
+    std::string common = std::string("./train ") + TINY_GLA + " --steps 6 --batch 2 --seq-len 24 --warmup 2 --save-every 2 --quiet --seed 3";
+    REQUIRE_MESSAGE(run(common + " --out " + d + "/ref.bin", &out) == 0, out);
+    REQUIRE_MESSAGE(run(common + " --out " + d + "/a.bin --stop-at 2", &out) == 0, out);
+    REQUIRE_MESSAGE(run(common + " --out " + d + "/b.bin --stop-at 4", &out) == 0, out);
+    // a.bin: killed after the commit point of the step-4 save: the new model, the old .opt, the new one as .opt.next
+    run("cp " + d + "/b.bin " + d + "/a.bin && cp " + d + "/b.bin.opt " + d + "/a.bin.opt.next");
+    // and the debris of a kill mid-write
+    for (const char *ext : {".tmp", ".opt.tmp", ".opt.next.tmp", ".png.tmp", ".csv.tmp"})
+        REQUIRE(write_file_atomic(d + "/a.bin" + ext, {{"junk", 4}}).empty());
+    REQUIRE_MESSAGE(run("./train --resume " + d + "/a.bin", &out) == 0, out);
+    CHECK(out.find("completed the interrupted save of " + d + "/a.bin (step 4)") != std::string::npos);
+    CHECK(out.find("resuming " + d + "/a.bin at step 4") != std::string::npos);
+    CHECK(bytes(d + "/a.bin") == bytes(d + "/ref.bin"));
+    CHECK(bytes(d + "/a.bin.opt") == bytes(d + "/ref.bin.opt"));
+    // c.bin: killed before the commit point: the old pair and a half-written .opt.next, which is dropped
+    REQUIRE_MESSAGE(run(common + " --out " + d + "/c.bin --stop-at 2", &out) == 0, out);
+    std::vector<char> half = bytes(d + "/b.bin.opt");
+    half.resize(half.size() / 2);
+    REQUIRE(write_file_atomic(d + "/c.bin.opt.next", {{half.data(), half.size()}}).empty());
+    REQUIRE_MESSAGE(run("./train --resume " + d + "/c.bin", &out) == 0, out);
+    CHECK(out.find("resuming " + d + "/c.bin at step 2") != std::string::npos);
+    CHECK(bytes(d + "/c.bin") == bytes(d + "/ref.bin"));
+    std::string left = listing(d);
+    CAPTURE(left);
+    CHECK(left.find(".tmp") == std::string::npos);
+    CHECK(left.find(".next") == std::string::npos);
+    CHECK(left.find(".lock") == std::string::npos);
+    // the loss curve is written atomically: a failed write keeps the old chart whole
+    std::vector<char> png = bytes(d + "/ref.bin.png");
+    REQUIRE(png.size() > 1000);
+    // a directory in the temporary file's place (not empty, so the start of the run cannot remove it) makes the write fail
+    REQUIRE(mkdir((d + "/ref.bin.png.tmp").c_str(), 0755) == 0);
+    REQUIRE(write_file_atomic(d + "/ref.bin.png.tmp/x", {{"x", 1}}).empty());
+    REQUIRE_MESSAGE(run("./train --resume " + d + "/ref.bin --steps 7 --quiet", &out) == 0, out);
+    CHECK(bytes(d + "/ref.bin.png") == png);
+    run("rm -rf " + d);
+}
+
+TEST_CASE("lock: a second run on the same --out is refused; a killed run's lock does not block") {
+    std::string d = tmpdir("lock"), out;
+    std::string cmd = std::string("OMP_NUM_THREADS=1 ./train ") + TINY_GLA + " --steps 100000 --batch 2 --seq-len 32 --save-every 0 --quiet --out " + d + "/m.bin";
+    FILE *p = popen((cmd + " > " + d + "/log 2>&1 & echo $!").c_str(), "r");
+    REQUIRE(p);
+    int pid = 0;
+    REQUIRE(fscanf(p, "%d", &pid) == 1);
+    pclose(p);
+    for (int i = 0; i < 400 && !exists(d + "/m.bin.lock"); i++) usleep(25000);
+    REQUIRE(exists(d + "/m.bin.lock"));
+    int rc = run(cmd, &out);
+    CHECK(rc == 1);
+    CHECK(out.find("another run is writing this checkpoint") != std::string::npos);
+    kill(pid, SIGKILL);
+    usleep(200000);  // its lock goes when it dies (not our child: init reaps it)
+    CHECK(exists(d + "/m.bin.lock"));  // left behind by the kill, but no longer held
+    rc = run(std::string("./train ") + TINY_GLA + " --steps 2 --batch 2 --seq-len 32 --quiet --out " + d + "/m.bin", &out);
+    CHECK_MESSAGE(rc == 0, out);
+    CHECK_FALSE(exists(d + "/m.bin.lock"));
+    run("rm -rf " + d);
+}
+
+TEST_CASE("kill -9 at random moments, mid-save included: every pair left resumes bit for bit (tests/kill_test.sh)") {
+    std::string out;
+    int rc = run("sh tests/kill_test.sh 3 " + std::to_string(getpid() % 1000) + " /tmp/statex_kill_" + std::to_string(getpid()), &out);
+    CAPTURE(out);
+    CHECK(rc == 0);
+    CHECK(out.find("kill test: 3 kills") != std::string::npos);
+}
+
+// ----------------------------------------------------------------------------
+// The property: for randomly drawn flag mixes, N steps equal stopping at some
+// step and resuming, bit for bit, for the model and for .opt. The mixes cover
+// both families, --stop-at at, before and after eval and save steps, recall
+// rows, --eval-rows above and below --batch, expansion (every mode),
+// --train-only-expanded and StateX post-training rates.
+// STATEX_PROPERTY_SEED draws other mixes (default 1).
+
+TEST_CASE("property: randomly drawn flag mixes resume bit for bit; malloc placement changes nothing") {
+    std::string d = tmpdir("prop"), out;
+    const char *env = getenv("STATEX_PROPERTY_SEED");
+    Rng r = {env ? (uint64_t)atoll(env) : 1};
+    auto pick = [&](std::vector<int> v) { return v[rng_int(&r, (int)v.size())]; };
+    // base models to expand
+    std::string base[2] = {d + "/base_gla.bin", d + "/base_m2.bin"};
+    for (int f = 0; f < 2; f++)
+        REQUIRE_MESSAGE(run(std::string("./train ") + (f ? TINY_M2 : TINY_GLA) + " --steps 3 --batch 2 --seq-len 16 --quiet --out " + base[f], &out) == 0, out);
+    const char *modes[2][4] = {{"reinit", "merge", "reinit", "merge"}, {"reinit", "copy", "zero", "grow"}};
+    int mixes = 22;
+    for (int i = 0; i < mixes; i++) {
+        int fam = i % 2, steps = 6 + rng_int(&r, 6), batch = 1 + rng_int(&r, 3);
+        int eval_every = pick({0, 2, 3, 5}), save_every = pick({0, 2, 4, 5});
+        std::string flags;
+        bool expand = i % 3 == 2;
+        if (expand) {
+            flags = " --init " + base[fam] + " --expand " + modes[fam][rng_int(&r, 4)] + " --expand-every " + std::to_string(1 + rng_int(&r, 2));
+            int post = rng_int(&r, 3);
+            if (post == 1) flags += " --train-only-expanded";
+            if (post == 2) flags += " --expanded-lr-scale 0.5";
+        } else {
+            flags = std::string(" ") + (fam ? TINY_M2 : TINY_GLA);
+        }
+        flags += strf(" --steps %d --batch %d --seq-len %d --warmup %d --eval-every %d --save-every %d --eval-rows %d --seed %d",
+                      steps, batch, 16 + rng_int(&r, 25), rng_int(&r, 4), eval_every, save_every,
+                      pick({1, batch, batch + 1, 2 * batch + 1}), 1 + rng_int(&r, 100));
+        if (rng_int(&r, 2)) flags += strf(" --recall-frac %s --passkey-share %s --mqar-min %d --mqar-max 6 --mqar-gap %d",
+                                          rng_int(&r, 2) ? "0.5" : "1", rng_int(&r, 2) ? "0.5" : "0", 1 + rng_int(&r, 3), pick({0, 8}));
+        if (rng_int(&r, 2)) flags += " --grad-clip 0 --weight-decay 0";
+        // where to stop: at, just before or after an eval or save step; the first step; the last but one
+        std::vector<int> at = {1, steps - 1};
+        for (int every : {eval_every, save_every})
+            if (every > 0) for (int s = every; s < steps; s += every) for (int k = -1; k <= 1; k++) at.push_back(s + k);
+        int stop = std::max(1, std::min(steps - 1, pick(at)));
+        std::string full = d + strf("/full%d.bin", i), half = d + strf("/half%d.bin", i);
+        // every 4th mix on all threads; the rest on one, to keep the suite quick (results are
+        // reproducible for a given thread count, and placement mattered at any count)
+        std::string train = i % 4 == 0 ? "./train" : "OMP_NUM_THREADS=1 ./train";
+        CAPTURE(i); CAPTURE(flags); CAPTURE(stop); CAPTURE(train);
+        REQUIRE_MESSAGE(run(train + flags + " --quiet --out " + full, &out) == 0, out);
+        REQUIRE_MESSAGE(run(train + flags + " --quiet --out " + half + " --stop-at " + std::to_string(stop), &out) == 0, out);
+        REQUIRE_MESSAGE(run(train + " --resume " + half + " --quiet", &out) == 0, out);
+        std::vector<char> a = bytes(full);
+        CHECK(a.size() > 1024);
+        CHECK(a == bytes(half));
+        CHECK(bytes(full + ".opt") == bytes(half + ".opt"));
+        if (i < 3) {
+            // the same run with malloc placing buffers elsewhere: mmap for large ones only, or for nearly all
+            for (const char *tune : {"glibc.malloc.mmap_threshold=33554432", "glibc.malloc.mmap_threshold=4096:glibc.malloc.arena_max=1"}) {
+                std::string other = d + strf("/tuned%d.bin", i);
+                REQUIRE_MESSAGE(run(std::string("GLIBC_TUNABLES=") + tune + " " + train + flags + " --quiet --out " + other, &out) == 0, out);
+                CAPTURE(tune);
+                CHECK(bytes(other) == a);
+                CHECK(bytes(other + ".opt") == bytes(full + ".opt"));
+            }
+        }
+        run("rm -f " + full + "* " + half + "*");
+    }
+    MESSAGE("property: " << mixes << " flag mixes resumed bit for bit");
+    run("rm -rf " + d);
+}
