@@ -13,6 +13,8 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include "model.h"
 #include "tools/chart.h"
+#include "tools/bench.h"
+#include "tools/profile.h"
 #include "data/tasks.h"
 #include <omp.h>
 #include <sys/resource.h>
@@ -37,6 +39,7 @@ struct Options {
     uint64_t seed = 1;
     std::string out = "out/model.bin", device = "cpu";
     bool quiet = false;
+    int log_every = 50, sample_chars = 64;  // progress lines in a log; sample bytes at each evaluation
     // StateX
     std::string expand_mode;
     int expand_every = 0, expand_factor = 4;
@@ -44,7 +47,7 @@ struct Options {
     float expanded_lr_scale = 1.0f;
     // other jobs
     std::string debug_state, dump_state;
-    bool bench = false;
+    bool bench = false, profile = false;
     std::vector<std::string> run_flags;  // the flags that define a run, stored for --resume
 };
 
@@ -68,7 +71,10 @@ static void usage() {
         "  --steps N  --batch B  --seq-len T  --lr X  --min-lr-frac X (of lr, cosine end)  --warmup N\n"
         "  --weight-decay X  --grad-clip X  --seed N  --device cpu|cuda\n"
         "  --eval-every N  --eval-rows N  --save-every N  --stop-at N (stop after step N, as if interrupted)\n"
-        "  --out PATH           checkpoint (default out/model.bin)   --quiet\n"
+        "  --out PATH           checkpoint (default out/model.bin)\n"
+        "  --log-every N        a progress line every N steps when not on a terminal (default 50; 0 = evaluations only)\n"
+        "  --sample-chars N     at each evaluation print N bytes the model generates (default 64; 0 = none)\n"
+        "  --quiet              only the evaluation lines, no samples\n"
         "StateX:\n"
         "  --expand MODE        GLA: reinit|merge; Mamba2: reinit|copy|zero|grow (needs --init)\n"
         "  --expand-every K     expand layers 0, K, 2K, ...   --expand-factor E  (Mamba2, default 4)\n"
@@ -77,7 +83,8 @@ static void usage() {
         "  Without --steps, --expand only writes the expanded model to --out.\n"
         "other:\n"
         "  --debug-state IN --dump-state OUT   one forward/backward on --init MODEL with IN's tokens\n"
-        "  --bench              training speed of --preset (default: gla-small and mamba2-small)\n");
+        "  --bench              training speed of --preset (default: gla-small and mamba2-small)\n"
+        "  --bench --profile    the same, with the share of step time of every op\n");
 }
 
 static void parse_args(const std::vector<std::string> &args, Options *o) {
@@ -152,9 +159,12 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
             else if (a == "--device") o->device = val();
             else if (a == "--stop-at") o->stop_at = to_int(a, val());
             else if (a == "--quiet") o->quiet = true;
+            else if (a == "--log-every") o->log_every = to_int(a, val());
+            else if (a == "--sample-chars") o->sample_chars = to_int(a, val());
             else if (a == "--debug-state") o->debug_state = val();
             else if (a == "--dump-state") o->dump_state = val();
             else if (a == "--bench") o->bench = true;
+            else if (a == "--profile") o->profile = true;
             else die("unknown flag '%s' (see ./train --help)", a.c_str());
         }
         if (run_flag) for (size_t j = first; j <= i; j++) o->run_flags.push_back(args[j]);
@@ -179,6 +189,8 @@ static void check_options(const Options *o) {
     if (o->expanded_lr_scale < 0) die("--expanded-lr-scale must be >= 0");
     if (o->adamw.weight_decay < 0) die("--weight-decay %g must be >= 0", o->adamw.weight_decay);
     if (o->save_every < 0) die("--save-every %d must be >= 0 (0 = only at the end)", o->save_every);
+    if (o->log_every < 0) die("--log-every %d must be >= 0", o->log_every);
+    if (o->sample_chars < 0 || o->sample_chars > 4096) die("--sample-chars %d must be in 0..4096", o->sample_chars);
     if (o->eval_every < 0) die("--eval-every %d must be >= 0 (0 = only at the end)", o->eval_every);
     if (o->stop_at < 0) die("--stop-at %d must be >= 0 (0 = do not stop early)", o->stop_at);
     if (o->expand_every < 0) die("--expand-every %d must be >= 0", o->expand_every);
@@ -189,36 +201,6 @@ static void check_options(const Options *o) {
 }
 
 // ----------------------------------------------------------------------------
-// the model API of the chosen device
-
-static bool on_gpu(const Model *m) { return m->device == DEVICE_CUDA; }
-static void open_model(Model *m, const Config *c, float *params, const std::string &device) {
-    if (device == "cuda") {
-        std::string why;
-        if (!gpu::available(&why)) die("--device cuda: %s", why.c_str());
-        gpu::model_init(m, c, params);
-        free(params);
-    } else {
-        cpu::model_init(m, c, params);
-    }
-}
-static void alloc_acts(Model *m, int B, int T) { on_gpu(m) ? gpu::model_alloc_acts(m, B, T) : cpu::model_alloc_acts(m, B, T); }
-static void forward(Model *m, const int *in, const int *tg, int B, int T) { on_gpu(m) ? gpu::model_forward(m, in, tg, B, T) : cpu::model_forward(m, in, tg, B, T); }
-static void zero_grad(Model *m) { on_gpu(m) ? gpu::model_zero_grad(m) : cpu::model_zero_grad(m); }
-static void backward(Model *m) { on_gpu(m) ? gpu::model_backward(m) : cpu::model_backward(m); }
-static float grad_norm(Model *m) { return on_gpu(m) ? gpu::model_grad_norm(m) : cpu::model_grad_norm(m); }
-static void update(Model *m, float lr, float scale, int step, const AdamWConfig *o) {
-    on_gpu(m) ? gpu::model_update(m, lr, scale, step, o) : cpu::model_update(m, lr, scale, step, o);
-}
-static void close_model(Model *m) { on_gpu(m) ? gpu::model_free(m) : cpu::model_free(m); }
-// host copies (on the CPU they are the model's own buffers)
-static const float *host_params(Model *m, std::vector<float> *buf) {
-    if (!on_gpu(m)) return m->params;
-    buf->resize(m->num_params);
-    gpu::params_to_host(m, buf->data());
-    return buf->data();
-}
-
 static double peak_rss_mb() {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -238,26 +220,22 @@ static int run_debug_state(const Options *o) {
     if (!e.empty()) die("%s", e.c_str());
     if (s.vocab_size != c.vocab_size) die("%s: vocab %d, but the model's is %d", o->debug_state.c_str(), s.vocab_size, c.vocab_size);
     Model m;
-    open_model(&m, &c, params, o->device);
-    alloc_acts(&m, s.B, s.T);
-    forward(&m, s.inputs.data(), s.targets.data(), s.B, s.T);
-    zero_grad(&m);
-    backward(&m);
+    dev::model_init(&m, &c, params, o->device);
+    dev::model_alloc_acts(&m, s.B, s.T);
+    dev::model_forward(&m, s.inputs.data(), s.targets.data(), s.B, s.T);
+    dev::model_zero_grad(&m);
+    dev::model_backward(&m);
     s.num_params = m.num_params;
     s.loss = m.loss;
-    s.logits.resize((size_t)s.B * s.T * c.vocab_size);
-    s.grads.resize(m.num_params);
-    if (on_gpu(&m)) {
-        gpu::logits_to_host(&m, s.logits.data());
-        gpu::grads_to_host(&m, s.grads.data());
-    } else {
-        memcpy(s.logits.data(), m.acts.logits, s.logits.size() * sizeof(float));
-        memcpy(s.grads.data(), m.grads, s.grads.size() * sizeof(float));
-    }
+    std::vector<float> buf;
+    const float *logits = dev::logits_on_host(&m, &buf);
+    s.logits.assign(logits, logits + (size_t)s.B * s.T * c.vocab_size);
+    const float *grads = dev::grads_on_host(&m, &buf);
+    s.grads.assign(grads, grads + m.num_params);
     e = write_debug_state(o->dump_state, &s);
     if (!e.empty()) die("%s", e.c_str());
     printf("%s: B %d, T %d, loss %.6f on %s -> %s\n", o->init.c_str(), s.B, s.T, s.loss, o->device.c_str(), o->dump_state.c_str());
-    close_model(&m);
+    dev::model_free(&m);
     return 0;
 }
 
@@ -271,8 +249,10 @@ static int run_bench(const Options *o) {
     int B = 8, T = 512, steps = 5;
     bool cuda = o->device == "cuda";
     if (!cuda) {
+        printf("machine: %s\n", machine_line().c_str());
         double g = cpu::gemm_gflops(B * T, 768, 256);
         printf("Eigen float32 GEMM (%d x 768 x 256, this run) on %d threads: %.1f GFLOP/s\n", B * T, omp_get_max_threads(), g);
+        Ops timed = timed_cpu_ops();  // --profile: the same passes over timed ops
         for (const std::string &name : names) {
             Config c;
             preset_config(name, &c);
@@ -285,17 +265,30 @@ static int run_bench(const Options *o) {
             for (size_t i = 0; i < in.size(); i++) { in[i] = rng_int(&rng, 128); tg[i] = rng_int(&rng, 128); }
             AdamWConfig opt;
             double t_total = 0;
+            op_profile() = OpProfile();
             for (int s = 0; s <= steps; s++) {  // step 0 warms up
+                if (s == 1) op_profile() = OpProfile();
                 double t0 = now_seconds();
-                cpu::model_forward(&m, in.data(), tg.data(), B, T);
-                cpu::model_zero_grad(&m);
-                cpu::model_backward(&m);
-                cpu::model_update(&m, 1e-4f, 1.0f, s + 1, &opt);
+                if (o->profile) {
+                    model_forward_pass(&timed, &m, in.data(), tg.data(), B, T, nullptr);
+                    cpu::model_zero_grad(&m);
+                    model_backward_pass(&timed, &m, in.data(), tg.data());
+                    (void)cpu::model_grad_norm(&m);
+                    if (!m.adam_m) { m.adam_m = xcalloc_floats(m.num_params); m.adam_v = xcalloc_floats(m.num_params); }
+                    model_update_pass(&timed, &m, 1e-4f, 1.0f, s + 1, &opt);
+                } else {
+                    cpu::model_forward(&m, in.data(), tg.data(), B, T);
+                    cpu::model_zero_grad(&m);
+                    cpu::model_backward(&m);
+                    (void)cpu::model_grad_norm(&m);
+                    cpu::model_update(&m, 1e-4f, 1.0f, s + 1, &opt);
+                }
                 if (s > 0) t_total += now_seconds() - t0;
             }
             double tps = (double)B * T * steps / t_total, flops = 3 * forward_flops_per_token(&c, false);
             printf("%-13s train B %d T %d: %7.0f tokens/s  %5.1f MFLOP/token  %6.1f GFLOP/s (%.0f%% of GEMM)  peak RSS %.0f MB  params %.2fM\n",
                    name.c_str(), B, T, tps, flops / 1e6, tps * flops / 1e9, 100 * tps * flops / 1e9 / g, peak_rss_mb(), m.num_params / 1e6);
+            if (o->profile) print_op_profile(t_total);
             cpu::model_free(&m);
         }
         printf("  model FLOPs/token = 3 x forward; forward = 2 x matmul weights + token mixing (model.h forward_flops_per_token)\n");
@@ -354,12 +347,12 @@ static std::string write_checkpoint(const std::string &path, Model *m, int step,
                                     bool *committed) {
     *committed = false;
     std::vector<float> pbuf, mbuf, vbuf;
-    const float *params = host_params(m, &pbuf);
+    const float *params = dev::params_on_host(m, &pbuf);
     // the last guard: a state with a NaN or an infinity is never kept as good
     std::string e = nonfinite_problem(&m->config, params);
     if (!e.empty()) return "the parameters to save are not finite: " + e;
     const float *am = m->adam_m, *av = m->adam_v;
-    if (on_gpu(m)) {
+    if (dev::on_gpu(m)) {
         mbuf.resize(m->num_params); vbuf.resize(m->num_params);
         gpu::adam_to_host(m, mbuf.data(), vbuf.data());
         am = mbuf.data(); av = vbuf.data();
@@ -484,7 +477,7 @@ static float validation_bpb(Model *m, const std::vector<int> &in, const std::vec
     int n = 0;
     for (int r = 0; r < rows; r += B) {
         int b = std::min(B, rows - r);
-        forward(m, in.data() + (size_t)r * T, tg.data() + (size_t)r * T, b, T);
+        dev::model_forward(m, in.data() + (size_t)r * T, tg.data() + (size_t)r * T, b, T);
         sum += (double)m->loss * m->n_targets;
         n += m->n_targets;
     }
@@ -524,171 +517,254 @@ static std::string divergence(float loss, float norm) {
     return "";
 }
 
-static int run_training(Options *o) {
-    // 1. the starting model: a checkpoint to resume, a model file, or a new one
-    Config c;
-    float *params = nullptr;
-    OptState resume;
-    int start_step = 0;
+// One training run: the model, the data, and where the run stands.
+struct TrainRun {
+    Options *o;
+    Model m;
+    Corpus train, val;
+    int B, T, start_step;
+    std::vector<int> in, tg, vin, vtg;  // a batch; the fixed validation rows
+    int vrows;
     History history;
+    // The state after step s is saved only once the next step's forward and
+    // backward, from that state, give a finite, sane loss and gradient norm:
+    // so a checkpoint kept as good never holds a diverged state. The last good
+    // one is this run's latest save, else the checkpoint it resumed.
+    std::string good;
+    int good_step, pending;             // pending: a step whose state waits for that check
+};
+
+static std::string last_good(const TrainRun *r) {
+    return r->good.empty() ? std::string("no checkpoint of this run was saved")
+                           : strf("the last good checkpoint is %s (step %d)", r->good.c_str(), r->good_step);
+}
+
+// 1. The starting model: a checkpoint to resume, a model file, or a new config
+// (params stays nullptr: drawn on the host once the run is set up).
+static void load_start(const Options *o, Config *c, float **params, OptState *resume) {
+    *params = nullptr;
     if (!o->resume.empty()) {
-        read_model_or_die(o->resume, &c, &params);
-        std::string e = read_opt_file(o->resume + ".opt", params, num_params_of(&c), &resume);
+        read_model_or_die(o->resume, c, params);
+        std::string e = read_opt_file(o->resume + ".opt", *params, num_params_of(c), resume);
         if (!e.empty()) die("%s", e.c_str());
-        start_step = resume.step;
-        history = resume.history;
-        printf("resuming %s at step %d\n", o->resume.c_str(), start_step);
+        printf("resuming %s at step %d\n", o->resume.c_str(), resume->step);
     } else if (!o->init.empty()) {
         if (o->config_given || !o->preset.empty())
             die("--init takes the model's sizes from its file; drop --preset and the size flags");
-        read_model_or_die(o->init, &c, &params);
+        read_model_or_die(o->init, c, params);
     } else {
-        c = o->config;
-        std::string e = config_problem(&c);
+        *c = o->config;
+        std::string e = config_problem(c);
         if (!e.empty()) die("model config: %s", e.c_str());
     }
-    // 2. StateX expansion of a given model (not when resuming: the checkpoint is already expanded)
-    if (!o->expand_mode.empty() && o->resume.empty()) {
-        if (o->init.empty()) die("--expand needs --init MODEL (the trained model to expand)");
-        if (o->expand_every == 0) die("--expand needs --expand-every K");
-        Config ce;
-        float *pe;
-        std::string e = cpu::expand_model(&c, params, o->expand_mode, o->expand_every, o->expand_factor, o->seed, &ce, &pe);
-        if (e.size()) die("%s", e.c_str());
-        print_expansion(&c, &ce, o);
-        free(params);
-        c = ce;
-        params = pe;
-        if (o->steps <= 0) {
-            prepare_out(o->out);
-            e = write_model_file(o->out, &c, params);
-            if (!e.empty()) die("%s", e.c_str());
-            printf("wrote %s\n", o->out.c_str());
-            free(params);
-            return 0;
-        }
-    }
-    if (o->steps <= 0) die("--steps must be positive");
-    if (start_step >= o->steps) die("the checkpoint is at step %d, not before --steps %d: nothing to do", start_step, o->steps);
-    Corpus train, val;
-    std::string e = load_corpus(o->data, (size_t)o->seq_len + 1, &train);
-    if (!e.empty()) die("--data: %s", e.c_str());
-    e = load_corpus(o->val, (size_t)o->seq_len + 1, &val);
-    if (!e.empty()) die("--val: %s", e.c_str());
-    prepare_out(o->out);
+}
 
-    Model m;
-    if (!params) params = cpu::random_params(&c, o->seed);  // a new model: initialised on the host
-    open_model(&m, &c, params, o->device);
-    // learning-rate factors: frozen tensors and the expanded layers' own rate
+// 2. StateX expansion of a given model (not when resuming: the checkpoint is
+// already expanded). Returns true when that was all (no --steps): the
+// expanded model is written and the run is over.
+static bool expand_start(const Options *o, Config *c, float **params) {
+    if (o->expand_mode.empty() || !o->resume.empty()) return false;
+    if (o->init.empty()) die("--expand needs --init MODEL (the trained model to expand)");
+    if (o->expand_every == 0) die("--expand needs --expand-every K");
+    Config ce;
+    float *pe;
+    std::string e = cpu::expand_model(c, *params, o->expand_mode, o->expand_every, o->expand_factor, o->seed, &ce, &pe);
+    if (e.size()) die("%s", e.c_str());
+    print_expansion(c, &ce, o);
+    free(*params);
+    *c = ce;
+    *params = pe;
+    if (o->steps > 0) return false;
+    prepare_out(o->out);
+    e = write_model_file(o->out, c, *params);
+    if (!e.empty()) die("%s", e.c_str());
+    printf("wrote %s\n", o->out.c_str());
+    free(*params);
+    return true;
+}
+
+// 3. The model on its device, the learning-rate factors (frozen tensors and
+// the expanded layers' own rate), the resumed AdamW moments, the data.
+static void setup_run(TrainRun *r, const Config *c, float *params, const OptState *resume) {
+    const Options *o = r->o;
+    Model *m = &r->m;
+    if (!params) params = cpu::random_params(c, o->seed);  // a new model: initialised on the host
+    dev::model_init(m, c, params, o->device);
     if (o->expand_every > 0) {
-        for (size_t t = 0; t < m.tensors.size(); t++) {
-            const ParamTensor &pt = m.tensors[t];
+        for (size_t t = 0; t < m->tensors.size(); t++) {
+            const ParamTensor &pt = m->tensors[t];
             bool expanded = pt.is_mixer && pt.layer >= 0 && pt.layer % o->expand_every == 0;
-            m.lr_scale[t] = expanded ? o->expanded_lr_scale : (o->train_only_expanded ? 0.0f : 1.0f);
+            m->lr_scale[t] = expanded ? o->expanded_lr_scale : (o->train_only_expanded ? 0.0f : 1.0f);
         }
     } else if (o->train_only_expanded) die("--train-only-expanded needs --expand-every K (which layers)");
-    if (!resume.m.empty()) {
-        if (on_gpu(&m)) gpu::adam_from_host(&m, resume.m.data(), resume.v.data());
+    if (!resume->m.empty()) {
+        if (dev::on_gpu(m)) gpu::adam_from_host(m, resume->m.data(), resume->v.data());
         else {
-            m.adam_m = xcalloc_floats(m.num_params);
-            m.adam_v = xcalloc_floats(m.num_params);
-            memcpy(m.adam_m, resume.m.data(), 4 * m.num_params);
-            memcpy(m.adam_v, resume.v.data(), 4 * m.num_params);
+            m->adam_m = xcalloc_floats(m->num_params);
+            m->adam_v = xcalloc_floats(m->num_params);
+            memcpy(m->adam_m, resume->m.data(), 4 * m->num_params);
+            memcpy(m->adam_v, resume->v.data(), 4 * m->num_params);
         }
     }
-    int B = o->batch, T = o->seq_len;
-    alloc_acts(&m, B, T);
-    std::vector<int> in((size_t)B * T), tg((size_t)B * T), vin, vtg;
-    int vrows = validation_rows(&val, T, o->eval_rows, &vin, &vtg);
-    size_t trainable = 0;
-    for (size_t t = 0; t < m.tensors.size(); t++) if (m.lr_scale[t] > 0) trainable += m.tensors[t].size();
-    printf("%s model, %zu parameters (%zu trained), %d layers, state %zu floats; %s, %d threads\n", family_name(c.family),
-           m.num_params, trainable, c.n_layer, [&] { size_t s = 0; for (int l = 0; l < c.n_layer; l++) s += layer_state_floats(&c, l); return s; }(),
-           o->device.c_str(), m.n_threads);
-    printf("data %s (%zu bytes), val %s (%d rows); %d steps of %d x %d tokens; recall rows %.0f%%\n", train.path.c_str(),
-           train.bytes.size(), val.path.c_str(), vrows, o->steps, B, T, 100 * o->mix.frac);
+    r->B = o->batch;
+    r->T = o->seq_len;
+    dev::model_alloc_acts(m, r->B, r->T);
+    r->in.resize((size_t)r->B * r->T);
+    r->tg.resize((size_t)r->B * r->T);
+    r->vrows = validation_rows(&r->val, r->T, o->eval_rows, &r->vin, &r->vtg);
+    size_t trainable = 0, state = 0;
+    for (size_t t = 0; t < m->tensors.size(); t++) if (m->lr_scale[t] > 0) trainable += m->tensors[t].size();
+    for (int l = 0; l < c->n_layer; l++) state += layer_state_floats(c, l);
+    printf("%s model, %zu parameters (%zu trained), %d layers, state %zu floats; %s, %d threads\n", family_name(c->family),
+           m->num_params, trainable, c->n_layer, state, o->device.c_str(), m->n_threads);
+    printf("data %s (%zu bytes), val %s (%d rows); %d steps of %d x %d tokens; recall rows %.0f%%\n", r->train.path.c_str(),
+           r->train.bytes.size(), r->val.path.c_str(), r->vrows, o->steps, r->B, r->T, 100 * o->mix.frac);
+}
 
-    // The state after step s is saved only once the next step's forward and
-    // backward, from that state, give a finite, sane loss and gradient norm:
-    // so a checkpoint kept as good never holds a diverged state. The last
-    // good one is this run's latest save, else the checkpoint it resumed.
-    std::string good = o->resume;
-    int good_step = start_step, pending = 0;
-    auto last_good = [&]() {
-        return good.empty() ? std::string("no checkpoint of this run was saved")
-                            : strf("the last good checkpoint is %s (step %d)", good.c_str(), good_step);
-    };
-    // forward and backward of step `step`'s batch; dies, naming the last good checkpoint, on divergence
-    auto forward_backward = [&](int step, float *loss, float *norm) {
-        sample_batch(&train, &o->mix, o->seed, step, B, T, in.data(), tg.data());
-        forward(&m, in.data(), tg.data(), B, T);
-        *loss = m.loss;
-        *norm = NAN;
-        if (std::isfinite(*loss) && *loss <= DIVERGED_LOSS) {
-            zero_grad(&m);
-            backward(&m);
-            *norm = grad_norm(&m);
-        }
-        std::string why = divergence(*loss, *norm);
-        if (!why.empty()) die("%s at step %d: training stopped; %s", why.c_str(), step, last_good().c_str());
-    };
-    auto save = [&](int step) {
-        bool committed;
-        std::string e = write_checkpoint(o->out, &m, step, o, &history, &committed);
-        if (!e.empty()) {
-            if (committed) die("saving the checkpoint failed after its model was written: %s; --resume %s completes it (step %d)",
-                               e.c_str(), o->out.c_str(), step);
-            die("saving the checkpoint failed: %s; %s", e.c_str(), last_good().c_str());
-        }
-        write_curve(o->out, &history);
-        good = o->out;
-        good_step = step;
-        pending = 0;
-    };
+// Forward and backward of step `step`'s batch (drawn from the seed and the
+// step alone); dies, naming the last good checkpoint, on divergence.
+static void forward_backward(TrainRun *r, int step, float *loss, float *norm) {
+    Model *m = &r->m;
+    sample_batch(&r->train, &r->o->mix, r->o->seed, step, r->B, r->T, r->in.data(), r->tg.data());
+    dev::model_forward(m, r->in.data(), r->tg.data(), r->B, r->T);
+    *loss = m->loss;
+    *norm = NAN;
+    if (std::isfinite(*loss) && *loss <= DIVERGED_LOSS) {
+        dev::model_zero_grad(m);
+        dev::model_backward(m);
+        *norm = dev::model_grad_norm(m);
+    }
+    std::string why = divergence(*loss, *norm);
+    if (!why.empty()) die("%s at step %d: training stopped; %s", why.c_str(), step, last_good(r).c_str());
+}
+
+static void save(TrainRun *r, int step) {
+    bool committed;
+    const Options *o = r->o;
+    std::string e = write_checkpoint(o->out, &r->m, step, o, &r->history, &committed);
+    if (!e.empty()) {
+        if (committed) die("saving the checkpoint failed after its model was written: %s; --resume %s completes it (step %d)",
+                           e.c_str(), o->out.c_str(), step);
+        die("saving the checkpoint failed: %s; %s", e.c_str(), last_good(r).c_str());
+    }
+    write_curve(o->out, &r->history);
+    r->good = o->out;
+    r->good_step = step;
+    r->pending = 0;
+}
+
+// A short sample from the model as it is now (greedy after the prompt "The "),
+// printed at each evaluation so one can watch the model learn. It uses the
+// recurrent form from a fresh state; training's batches and weights are untouched.
+static std::string sample_text(Model *m, int n) {
+    RecState st;
+    dev::state_alloc(m, 1, &st);
+    std::vector<float> host;
+    std::string text = "The ";
+    std::vector<int> tok(text.begin(), text.end());
+    m->mixer_form = MIX_RECURRENT;
+    int next = 0;
+    for (int i = 0; i < (int)tok.size() + n - 1; i++) {
+        int t = i < (int)tok.size() ? tok[i] : next;
+        dev::model_forward(m, &t, nullptr, 1, 1, &st);
+        const float *logits = dev::logits_on_host(m, &host);
+        next = 0;
+        for (int v = 1; v < m->config.vocab_size; v++) if (logits[v] > logits[next]) next = v;
+        if (i + 1 >= (int)tok.size()) text += next == '\n' ? ' ' : (next >= 32 && next < 127 ? (char)next : '?');
+    }
+    m->mixer_form = MIX_CHUNKED;
+    dev::state_free(m, &st);
+    return text;
+}
+
+// The progress line of a step. On a terminal one line is rewritten in place;
+// otherwise (a log file) a line every --log-every steps. Evaluations, the last
+// step and the first always get their own line, and an evaluation a sample.
+static void report(TrainRun *r, int step, float loss, float lr, float norm, double tok_s, double eta_s, float vb) {
+    const Options *o = r->o;
+    static bool tty = isatty(fileno(stdout));
+    bool eval = std::isfinite(vb), last = step == o->steps;
+    std::string line = strf("step %5d/%d | loss %.4f (%.3f bits/byte) | lr %.2e | norm %6.3f | %6.0f tok/s | eta %s%s", step,
+                            o->steps, loss, loss / log(2.0), lr, norm, tok_s, eta(eta_s).c_str(),
+                            eval ? strf(" | val %.4f bits/byte", vb).c_str() : "");
+    bool own_line = eval || last || step == r->start_step + 1 || (o->log_every > 0 && step % o->log_every == 0);
+    if (o->quiet && !eval && !last) return;
+    if (tty && !o->quiet) printf("\r%s\033[K%s", line.c_str(), eval || last ? "\n" : "");
+    else if (own_line) printf("%s\n", line.c_str());
+    if (eval && !o->quiet && o->sample_chars > 0) printf("  sample: %s\n", sample_text(&r->m, o->sample_chars).c_str());
+    fflush(stdout);
+}
+
+// What the run cost, for the experiment's tables (PATH.stats).
+static void write_stats(TrainRun *r, double wall) {
+    const Config *c = &r->m.config;
+    size_t state = 0;
+    for (int l = 0; l < c->n_layer; l++) state += layer_state_floats(c, l);
+    int steps = r->o->steps - r->start_step;
+    std::string stats = strf("wall_seconds\t%.1f\npeak_rss_mb\t%.0f\nsteps\t%d\ntokens\t%lld\nparams\t%zu\nstate_floats\t%zu\n", wall,
+                             peak_rss_mb(), steps, (long long)steps * r->B * r->T, r->m.num_params, state);
+    std::string e = write_file_atomic(r->o->out + ".stats", {{stats.data(), stats.size()}});
+    if (!e.empty()) fprintf(stderr, "warning: %s\n", e.c_str());
+}
+
+static int run_training(Options *o) {
+    TrainRun run;
+    TrainRun *r = &run;
+    r->o = o;
+    Config c;
+    float *params;
+    OptState resume;
+    load_start(o, &c, &params, &resume);
+    r->start_step = o->resume.empty() ? 0 : resume.step;
+    r->history = resume.history;
+    if (expand_start(o, &c, &params)) return 0;
+    if (o->steps <= 0) die("--steps must be positive");
+    if (r->start_step >= o->steps) die("the checkpoint is at step %d, not before --steps %d: nothing to do", r->start_step, o->steps);
+    std::string e = load_corpus(o->data, (size_t)o->seq_len + 1, &r->train);
+    if (!e.empty()) die("--data: %s", e.c_str());
+    e = load_corpus(o->val, (size_t)o->seq_len + 1, &r->val);
+    if (!e.empty()) die("--val: %s", e.c_str());
+    prepare_out(o->out);
+    setup_run(r, &c, params, &resume);
+    r->good = o->resume;
+    r->good_step = r->start_step;
+    r->pending = 0;
+
+    // 4. the loop: forward, backward, the check, the pending save, the update
     bool stopped = false;
     double t_start = now_seconds();
-    for (int step = start_step + 1; step <= o->steps; step++) {
+    for (int step = r->start_step + 1; step <= o->steps; step++) {
         double t0 = now_seconds();
         float loss, norm;
-        forward_backward(step, &loss, &norm);
-        if (pending) save(pending);
+        forward_backward(r, step, &loss, &norm);
+        if (r->pending) save(r, r->pending);
         float scale = (o->grad_clip > 0 && norm > o->grad_clip) ? o->grad_clip / norm : 1.0f;
         float lr = learning_rate(o, step);
-        update(&m, lr, scale, step, &o->adamw);
+        dev::model_update(&r->m, lr, scale, step, &o->adamw);
         double dt = now_seconds() - t0, elapsed = now_seconds() - t_start;
         float vb = NAN;
-        if ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps) vb = validation_bpb(&m, vin, vtg, vrows, B, T);
-        history.step.push_back((float)step);
-        history.train_loss.push_back(loss);
-        history.val_bpb.push_back(vb);
-        if (!o->quiet || step == o->steps || std::isfinite(vb))
-            printf("step %5d/%d | loss %.4f (%.3f bits/byte) | lr %.2e | norm %6.3f | %6.0f tok/s | eta %s%s\n", step, o->steps,
-                   loss, loss / log(2.0), lr, norm, B * T / dt, eta(elapsed / (step - start_step) * (o->steps - step)).c_str(),
-                   std::isfinite(vb) ? strf(" | val %.4f bits/byte", vb).c_str() : "");
-        fflush(stdout);
+        if ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps)
+            vb = validation_bpb(&r->m, r->vin, r->vtg, r->vrows, r->B, r->T);
+        r->history.step.push_back((float)step);
+        r->history.train_loss.push_back(loss);
+        r->history.val_bpb.push_back(vb);
+        report(r, step, loss, lr, norm, r->B * r->T / dt, elapsed / (step - r->start_step) * (o->steps - step), vb);
         bool stop = o->stop_at > 0 && step == o->stop_at;
-        if ((o->save_every > 0 && step % o->save_every == 0) || step == o->steps || stop) pending = step;
+        if ((o->save_every > 0 && step % o->save_every == 0) || step == o->steps || stop) r->pending = step;
         if (stop) { stopped = true; break; }
     }
-    if (pending) {
-        // the check the next step would have made (a resumed run makes the same one)
+    // 5. the last save, after the check the next step would have made (a resumed run makes the same one)
+    if (r->pending) {
         float loss, norm;
-        forward_backward(pending + 1, &loss, &norm);
-        save(pending);
+        forward_backward(r, r->pending + 1, &loss, &norm);
+        save(r, r->pending);
         if (stopped)
-            printf("stopped after step %d as asked (--stop-at); continue with --resume %s\n", good_step, o->out.c_str());
+            printf("stopped after step %d as asked (--stop-at); continue with --resume %s\n", r->good_step, o->out.c_str());
     }
     double wall = now_seconds() - t_start;
     printf("done in %s; model %s, loss curve %s.png, peak RSS %.0f MB\n", eta(wall).c_str(), o->out.c_str(), o->out.c_str(), peak_rss_mb());
-    // what the run cost, for the experiment's tables
-    size_t state = 0;
-    for (int l = 0; l < c.n_layer; l++) state += layer_state_floats(&c, l);
-    std::string stats = strf("wall_seconds\t%.1f\npeak_rss_mb\t%.0f\nsteps\t%d\ntokens\t%lld\nparams\t%zu\nstate_floats\t%zu\n", wall,
-                             peak_rss_mb(), o->steps - start_step, (long long)(o->steps - start_step) * B * T, m.num_params, state);
-    e = write_file_atomic(o->out + ".stats", {{stats.data(), stats.size()}});
-    if (!e.empty()) fprintf(stderr, "warning: %s\n", e.c_str());
-    close_model(&m);
+    write_stats(r, wall);
+    dev::model_free(&r->m);
     return 0;
 }
 

@@ -1,0 +1,66 @@
+// tools/profile.h: where a CPU training step spends its time (./train --bench
+// --profile). The model passes take their ops from a table (model.h, struct
+// Ops), so profiling needs no change to them: we hand them a copy of cpu::ops
+// in which every op is wrapped in a timer.
+#pragma once
+#include "../model.h"
+#include <map>
+
+struct OpProfile {
+    std::map<std::string, double> seconds;  // per op name
+    std::map<std::string, long> calls;
+};
+inline OpProfile &op_profile() {
+    static OpProfile p;
+    return p;
+}
+// Adds the time from its construction to its destruction to op `name`.
+struct OpTimer {
+    const char *name;
+    double t0;
+    explicit OpTimer(const char *n) : name(n), t0(now_seconds()) {}
+    ~OpTimer() {
+        op_profile().seconds[name] += now_seconds() - t0;
+        op_profile().calls[name]++;
+    }
+};
+
+// cpu::ops with every entry timed. Each entry is a lambda without captures,
+// so it converts to the table's function pointer; `auto... a` takes the op's
+// own arguments, whatever they are.
+inline Ops timed_cpu_ops() {
+    Ops t = cpu::ops;
+#define STATEX_TIMED(op) t.op = [](auto... a) { OpTimer timer(#op); return cpu::ops.op(a...); }
+    STATEX_TIMED(zero); STATEX_TIMED(copy_states);
+    STATEX_TIMED(encoder_forward); STATEX_TIMED(encoder_backward);
+    STATEX_TIMED(rmsnorm_forward); STATEX_TIMED(rmsnorm_backward);
+    STATEX_TIMED(matmul_forward); STATEX_TIMED(matmul_backward);
+    STATEX_TIMED(residual_forward); STATEX_TIMED(swiglu_forward); STATEX_TIMED(swiglu_backward);
+    STATEX_TIMED(gla_gate_forward); STATEX_TIMED(gla_gate_backward);
+    STATEX_TIMED(gla_recurrent_forward); STATEX_TIMED(gla_recurrent_backward);
+    STATEX_TIMED(gla_chunk_forward); STATEX_TIMED(gla_chunk_backward);
+    STATEX_TIMED(head_norm_gate_forward); STATEX_TIMED(head_norm_gate_backward);
+    STATEX_TIMED(conv1d_silu_forward); STATEX_TIMED(conv1d_silu_backward);
+    STATEX_TIMED(dt_softplus_forward); STATEX_TIMED(dt_softplus_backward);
+    STATEX_TIMED(ssd_recurrent_forward); STATEX_TIMED(ssd_recurrent_backward);
+    STATEX_TIMED(ssd_chunk_forward); STATEX_TIMED(ssd_chunk_backward); STATEX_TIMED(ssd_decay_backward);
+    STATEX_TIMED(gated_rmsnorm_forward); STATEX_TIMED(gated_rmsnorm_backward);
+    STATEX_TIMED(crossentropy_forward); STATEX_TIMED(crossentropy_backward);
+    STATEX_TIMED(adamw_update);
+#undef STATEX_TIMED
+    return t;
+}
+
+// Prints each op's share of `step_seconds` (the measured steps' total), the
+// largest first, and what no op accounts for (the gradient norm, the glue).
+inline void print_op_profile(double step_seconds) {
+    std::vector<std::pair<double, std::string>> rows;
+    double sum = 0;
+    for (auto &kv : op_profile().seconds) { rows.push_back({kv.second, kv.first}); sum += kv.second; }
+    std::sort(rows.rbegin(), rows.rend());
+    printf("  %-26s %7s %8s\n", "op", "share", "calls");
+    for (auto &r : rows)
+        if (r.first / step_seconds >= 0.001)
+            printf("  %-26s %6.1f%% %8ld\n", r.second.c_str(), 100 * r.first / step_seconds, op_profile().calls[r.second]);
+    printf("  %-26s %6.1f%%\n", "(gradient norm, the rest)", 100 * (step_seconds - sum) / step_seconds);
+}
