@@ -14,7 +14,7 @@
 #define PREFILL_PIECE 1024
 
 struct InferOptions {
-    std::string model, prompt = "", prompt_file, device = "cpu", preset;
+    std::string model, prompt = "", prompt_file, prompts_file, device = "cpu", preset;
     int max_tokens = 256, top_k = 0, max_prompt = 1 << 20;
     float temperature = 0.8f;
     uint64_t seed = 1;
@@ -31,6 +31,7 @@ static void usage() {
         "usage: ./infer --model PATH [flags]\n"
         "  --prompt TEXT        the text to continue (default: empty)\n"
         "  --prompt-file FILE   read the prompt from a file\n"
+        "  --prompts FILE       batched generation: one prompt per line, all rows generated together\n"
         "  --max-tokens N       bytes to generate (default 256)\n"
         "  --temperature X      0 = greedy (default 0.8)\n"
         "  --top-k K            sample among the K most likely bytes (0 = all)\n"
@@ -59,6 +60,7 @@ static void parse_args(int argc, char **argv, InferOptions *o) {
         else if (a == "--model") o->model = val();
         else if (a == "--prompt") { o->prompt = val(); o->prompt_given = true; }
         else if (a == "--prompt-file") o->prompt_file = val();
+        else if (a == "--prompts") o->prompts_file = val();
         else if (a == "--max-tokens") o->max_tokens = to_int(a, val());
         else if (a == "--temperature") o->temperature = to_float(a, val());
         else if (a == "--top-k") o->top_k = to_int(a, val());
@@ -84,7 +86,8 @@ static void parse_args(int argc, char **argv, InferOptions *o) {
     if (o->temperature < 0) die("--temperature must be >= 0");
     if (o->top_k < 0) die("--top-k must be >= 0");
     if (o->max_prompt < 1) die("--max-prompt must be >= 1");
-    if (o->prompt_given && !o->prompt_file.empty()) die("give --prompt or --prompt-file, not both");
+    if (o->prompt_given + !o->prompt_file.empty() + !o->prompts_file.empty() > 1)
+        die("give one of --prompt, --prompt-file and --prompts");
 }
 
 // ----------------------------------------------------------------------------
@@ -210,6 +213,67 @@ static int run_generate(const InferOptions *o) {
     return 0;
 }
 
+// --prompts FILE: several prompts at once, one row each. Prompts differ in
+// length, so after the part all rows have (fed chunked, in one batch) the rows
+// advance in lockstep one token at a time: a row still in its prompt takes its
+// next prompt byte, a row past it its sampled byte. Row b samples with seed
+// --seed + b. The rows are printed when all are done.
+static int run_generate_batch(const InferOptions *o) {
+    if (o->model.empty()) die("--model PATH is needed (see ./infer --help)");
+    std::vector<char> b;
+    std::string e = read_file(o->prompts_file, &b, (size_t)o->max_prompt);
+    if (!e.empty()) die("--prompts (at most --max-prompt %d bytes): %s", o->max_prompt, e.c_str());
+    std::vector<std::vector<int>> prompts;
+    std::string text(b.begin(), b.end());
+    for (size_t p = 0, q; p < text.size(); p = q + 1) {
+        q = text.find('\n', p);
+        if (q == std::string::npos) q = text.size();
+        std::vector<int> row(text.begin() + p, text.begin() + q);
+        for (int &t : row) t = (uint8_t)t;
+        if (row.empty()) row.push_back('\n');
+        prompts.push_back(row);
+    }
+    int B = (int)prompts.size();
+    if (B < 1 || B > 256) die("--prompts: %s has %d lines; 1 to 256 prompts, one per line", o->prompts_file.c_str(), B);
+    Config c;
+    float *params;
+    read_model_or_die(o->model, &c, &params);
+    Generator g;
+    gen_open(&g, &c, params, o->device, B);
+    size_t common = prompts[0].size(), longest = 0;
+    for (auto &p : prompts) { common = std::min(common, p.size()); longest = std::max(longest, p.size()); }
+    std::vector<int> block((size_t)B * common), step(B);
+    for (int r = 0; r < B; r++) std::copy(prompts[r].begin(), prompts[r].begin() + common, block.begin() + (size_t)r * common);
+    double t0 = now_seconds();
+    gen_feed(&g, block.data(), (int)common);
+    std::vector<Rng> rng(B);
+    for (int r = 0; r < B; r++) rng[r] = Rng{o->seed + (uint64_t)r};
+    std::vector<std::string> out(B);
+    int steps = (int)(longest - common) + o->max_tokens;
+    for (int i = 0; i < steps; i++) {
+        size_t pos = common + i;  // the position each row's next token takes
+        for (int r = 0; r < B; r++) {
+            int sampled = sample(gen_logits(&g, r, g.last_len - 1), c.vocab_size, o->temperature, o->top_k, &rng[r]);
+            bool in_prompt = pos < prompts[r].size();
+            bool generating = !in_prompt && (int)(pos - prompts[r].size()) < o->max_tokens;
+            step[r] = in_prompt ? prompts[r][pos] : sampled;
+            if (generating) out[r] += (char)sampled;
+        }
+        if (i + 1 < steps) gen_feed(&g, step.data(), 1);
+    }
+    double t1 = now_seconds();
+    for (int r = 0; r < B; r++) {
+        printf("--- prompt %d\n", r + 1);
+        for (int t : prompts[r]) print_byte(t);
+        for (char ch : out[r]) print_byte((uint8_t)ch);
+        printf("\n");
+    }
+    fprintf(stderr, "[%d rows, %d tokens each: %.0f tok/s over all rows]\n", B, o->max_tokens,
+            (double)B * o->max_tokens / std::max(t1 - t0, 1e-9));
+    gen_close(&g);
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 // the rest of ./infer: --bench, --eval and --summarize (they use the
 // Generator above)
@@ -221,5 +285,6 @@ int main(int argc, char **argv) {
     if (o.bench) return run_bench(&o);
     if (o.eval) return run_eval(&o);
     if (!o.summarize.empty()) return run_summarize(&o);
+    if (!o.prompts_file.empty()) return run_generate_batch(&o);
     return run_generate(&o);
 }
