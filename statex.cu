@@ -1533,41 +1533,7 @@ static void adamw_update(float *p, const float *grad, float *m, float *v, size_t
 // ----------------------------------------------------------------------------
 // the CUDA op table (model.h declares it; same order as above)
 
-const Ops ops = {
-    .zero = zero,
-    .copy_states = copy_states,
-    .encoder_forward = encoder_forward,
-    .encoder_backward = encoder_backward,
-    .rmsnorm_forward = rmsnorm_forward,
-    .rmsnorm_backward = rmsnorm_backward,
-    .matmul_forward = matmul_forward,
-    .matmul_backward = matmul_backward,
-    .residual_forward = residual_forward,
-    .swiglu_forward = swiglu_forward,
-    .swiglu_backward = swiglu_backward,
-    .gla_gate_forward = gla_gate_forward,
-    .gla_gate_backward = gla_gate_backward,
-    .gla_recurrent_forward = gla_recurrent_forward,
-    .gla_recurrent_backward = gla_recurrent_backward,
-    .gla_chunk_forward = gla_chunk_forward,
-    .gla_chunk_backward = gla_chunk_backward,
-    .head_norm_gate_forward = head_norm_gate_forward,
-    .head_norm_gate_backward = head_norm_gate_backward,
-    .conv1d_silu_forward = conv1d_silu_forward,
-    .conv1d_silu_backward = conv1d_silu_backward,
-    .dt_softplus_forward = dt_softplus_forward,
-    .dt_softplus_backward = dt_softplus_backward,
-    .ssd_recurrent_forward = ssd_recurrent_forward,
-    .ssd_recurrent_backward = ssd_recurrent_backward,
-    .ssd_chunk_forward = ssd_chunk_forward,
-    .ssd_chunk_backward = ssd_chunk_backward,
-    .ssd_decay_backward = ssd_decay_backward,
-    .gated_rmsnorm_forward = gated_rmsnorm_forward,
-    .gated_rmsnorm_backward = gated_rmsnorm_backward,
-    .crossentropy_forward = crossentropy_forward,
-    .crossentropy_backward = crossentropy_backward,
-    .adamw_update = adamw_update,
-};
+const Ops ops = STATEX_OP_TABLE;
 
 // ----------------------------------------------------------------------------
 // the model: device memory, and the passes of model.h on the CUDA ops
