@@ -176,6 +176,7 @@ $(SAN_DIR)/tests/run_tests: $(patsubst %.cpp,$(SAN_DIR)/%.o,$(TESTS)) $(SAN_DIR)
 sanitize: $(SAN_DIR)/train $(SAN_DIR)/infer $(SAN_DIR)/tests/run_tests data/train.txt
 	ln -sfn ../../data $(SAN_DIR)/data
 	ln -sfn ../../../tests/refdata $(SAN_DIR)/tests/refdata
+	ln -sfn ../../../tests/kill_test.sh $(SAN_DIR)/tests/kill_test.sh
 	cd $(SAN_DIR) && $(SAN_ENV) ./tests/run_tests
 
 # one preset per process, so each peak-memory figure is that preset's alone;
