@@ -25,6 +25,9 @@ namespace cpu {
 typedef Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> MatRM;
 typedef Eigen::Map<MatRM> MapM;
 typedef Eigen::Map<const MatRM> MapCM;
+// rows of `cols` floats, a stride apart: a block of columns of a wider matrix
+typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
+typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 
 static inline float silu(float x) { return x * sigmoidf_(x); }
 static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
@@ -111,17 +114,42 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // ----------------------------------------------------------------------------
 // matmul: out[N, OC] = inp[N, C] W[OC, C]^T (+ bias[OC])
 // backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
+//
+// The threads split the work themselves, in fixed blocks: MM_ROWS rows of the
+// output (or of dW), each block one Eigen GEMM that runs on its own thread
+// (Eigen does not parallelise a product inside a parallel region). Eigen's own
+// parallel GEMM makes its threads wait for each other after every slice of the
+// inner dimension; on a busy machine those waits cost more than the arithmetic.
+// A block's sums run in an order fixed by its size alone, whichever thread
+// takes it, so the results do not depend on the schedule.
+#define MM_ROWS 128
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    MapM y(out, N, OC);
-    y.noalias() = MapCM(inp, N, C) * MapCM(w, OC, C).transpose();
-    if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+    #pragma omp parallel for schedule(dynamic)
+    for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
+        int n = std::min(MM_ROWS, N - r0);
+        MapM y(out + (size_t)r0 * OC, n, OC);
+        y.noalias() = MapCM(inp + (size_t)r0 * C, n, C) * MapCM(w, OC, C).transpose();
+        if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+    }
 }
 
 static void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
-    MapCM dy(dout, N, OC);
-    if (dinp) MapM(dinp, N, C).noalias() += dy * MapCM(w, OC, C);
-    if (dw) MapM(dw, OC, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+    if (dinp) {  // blocks of rows of dinp
+        #pragma omp parallel for schedule(dynamic)
+        for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
+            int n = std::min(MM_ROWS, N - r0);
+            MapM(dinp + (size_t)r0 * C, n, C).noalias() += MapCM(dout + (size_t)r0 * OC, n, OC) * MapCM(w, OC, C);
+        }
+    }
+    if (dw) {  // blocks of rows of dW (columns of dout); each sums over all N tokens
+        #pragma omp parallel for schedule(dynamic)
+        for (int o0 = 0; o0 < OC; o0 += MM_ROWS) {
+            int n = std::min(MM_ROWS, OC - o0);
+            RowsC dy(dout + o0, N, n, Eigen::OuterStride<>(OC));
+            MapM(dw + (size_t)o0 * C, n, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+        }
+    }
     // the bias sum in a fixed order (Eigen's colwise().sum() may reorder it by alignment)
     if (dbias) sum_rows_into(dbias, N, OC, [&](int i, int j) { return dout[(size_t)i * OC + j]; });
 }
@@ -751,8 +779,6 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 
 // A chunk's rows of xbc (x of one head, B or C) or of y, as Eigen matrices
 // over our buffers: `len` rows of `cols` floats, `stride` floats apart.
-typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
-typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
 static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
