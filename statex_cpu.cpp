@@ -88,7 +88,7 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
 // Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
 // owning blocks of columns (so the order of every sum is fixed).
 template <typename F> static void sum_rows_into(float *dst, int rows, int cols, F f) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int j0 = 0; j0 < cols; j0 += 16) {
         int j1 = std::min(cols, j0 + 16);
         float acc[16] = {0};
@@ -202,7 +202,7 @@ static void gla_recurrent_forward(float *o, float *S, float *S_all, const float 
                            const float *a, int B, int T, int H, int K, int V) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *Sbh = S + ((size_t)b * H + h) * hk * hv;
@@ -237,7 +237,7 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
                             float *scratch, size_t scratch_per_task) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *dS = scratch + omp_get_thread_num() * scratch_per_task;
@@ -346,7 +346,7 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
@@ -525,7 +525,7 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
@@ -600,7 +600,7 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 #define CONV_BLOCK 64
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
             int nb = std::min(CONV_BLOCK, Cc - c0);
@@ -634,7 +634,7 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
 static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
         int nb = std::min(CONV_BLOCK, Cc - c0);
         float wt[64 * CONV_BLOCK], dwt[64 * CONV_BLOCK] = {0}, db[CONV_BLOCK] = {0}, g[CONV_BLOCK];
@@ -696,7 +696,7 @@ static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, con
 static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
@@ -728,7 +728,7 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                             int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *dh = scratch + omp_get_thread_num() * scratch_per_task;
         for (int h = 0; h < nh; h++) {
@@ -824,7 +824,7 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                               int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
@@ -872,7 +872,7 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
                                int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {
         SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
         float *cum = w.cum, *ec = w.decay_to_end;
@@ -1050,13 +1050,17 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
 
 static void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
                   int step, const AdamWConfig *o) {
-    float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
-    #pragma omp parallel for
+    // the constants in locals: the compiler cannot know that p, m, v do not
+    // overlap *o, and would reload them every element instead of vectorising
+    const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    const float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
+    // a norm or bias vector is done before a parallel region would even start
+    #pragma omp parallel for if (n >= 65536)
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] * grad_scale;
-        m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
-        v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
-        p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + o->eps) + wd * p[i]);
+        m[i] = b1 * m[i] + (1.0f - b1) * g;
+        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + eps) + wd * p[i]);
     }
 }
 
@@ -1263,22 +1267,26 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
 void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
 
 // sqrt of the sum of squares of the trainable gradients, summed in a fixed
-// order (blocks of 4096 in parallel, then the blocks in sequence)
+// order: each tensor in blocks of 4096 (the blocks in parallel, all tensors'
+// blocks in one parallel region), then the blocks in sequence
 float model_grad_norm(Model *m) {
-    double total = 0;
+    struct Block { const float *g; size_t n; };
+    std::vector<Block> blocks;
     for (size_t t = 0; t < m->tensors.size(); t++) {
         if (m->lr_scale[t] == 0.0f) continue;
         const float *g = m->grads + m->tensors[t].offset;
-        size_t n = m->tensors[t].size(), nb = (n + 4095) / 4096;
-        std::vector<double> part(nb);
-        #pragma omp parallel for
-        for (size_t b = 0; b < nb; b++) {
-            double s = 0;
-            for (size_t i = b * 4096; i < std::min(n, (b + 1) * 4096); i++) s += (double)g[i] * g[i];
-            part[b] = s;
-        }
-        for (size_t b = 0; b < nb; b++) total += part[b];
+        size_t n = m->tensors[t].size();
+        for (size_t i = 0; i < n; i += 4096) blocks.push_back({g + i, std::min<size_t>(4096, n - i)});
     }
+    std::vector<double> part(blocks.size());
+    #pragma omp parallel for schedule(dynamic, 16)
+    for (size_t b = 0; b < blocks.size(); b++) {
+        double s = 0;
+        for (size_t i = 0; i < blocks[b].n; i++) s += (double)blocks[b].g[i] * blocks[b].g[i];
+        part[b] = s;
+    }
+    double total = 0;
+    for (size_t b = 0; b < blocks.size(); b++) total += part[b];
     return (float)sqrt(total);
 }
 
