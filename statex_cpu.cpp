@@ -25,6 +25,9 @@ namespace cpu {
 typedef Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> MatRM;
 typedef Eigen::Map<MatRM> MapM;
 typedef Eigen::Map<const MatRM> MapCM;
+// rows of `cols` floats, a stride apart: a block of columns of a wider matrix
+typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
+typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 
 static inline float silu(float x) { return x * sigmoidf_(x); }
 static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
@@ -85,7 +88,7 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
 // Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
 // owning blocks of columns (so the order of every sum is fixed).
 template <typename F> static void sum_rows_into(float *dst, int rows, int cols, F f) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int j0 = 0; j0 < cols; j0 += 16) {
         int j1 = std::min(cols, j0 + 16);
         float acc[16] = {0};
@@ -111,17 +114,42 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // ----------------------------------------------------------------------------
 // matmul: out[N, OC] = inp[N, C] W[OC, C]^T (+ bias[OC])
 // backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
+//
+// The threads split the work themselves, in fixed blocks: MM_ROWS rows of the
+// output (or of dW), each block one Eigen GEMM that runs on its own thread
+// (Eigen does not parallelise a product inside a parallel region). Eigen's own
+// parallel GEMM makes its threads wait for each other after every slice of the
+// inner dimension; on a busy machine those waits cost more than the arithmetic.
+// A block's sums run in an order fixed by its size alone, whichever thread
+// takes it, so the results do not depend on the schedule.
+#define MM_ROWS 128
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    MapM y(out, N, OC);
-    y.noalias() = MapCM(inp, N, C) * MapCM(w, OC, C).transpose();
-    if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+    #pragma omp parallel for schedule(dynamic)
+    for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
+        int n = std::min(MM_ROWS, N - r0);
+        MapM y(out + (size_t)r0 * OC, n, OC);
+        y.noalias() = MapCM(inp + (size_t)r0 * C, n, C) * MapCM(w, OC, C).transpose();
+        if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+    }
 }
 
 static void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
-    MapCM dy(dout, N, OC);
-    if (dinp) MapM(dinp, N, C).noalias() += dy * MapCM(w, OC, C);
-    if (dw) MapM(dw, OC, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+    if (dinp) {  // blocks of rows of dinp
+        #pragma omp parallel for schedule(dynamic)
+        for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
+            int n = std::min(MM_ROWS, N - r0);
+            MapM(dinp + (size_t)r0 * C, n, C).noalias() += MapCM(dout + (size_t)r0 * OC, n, OC) * MapCM(w, OC, C);
+        }
+    }
+    if (dw) {  // blocks of rows of dW (columns of dout); each sums over all N tokens
+        #pragma omp parallel for schedule(dynamic)
+        for (int o0 = 0; o0 < OC; o0 += MM_ROWS) {
+            int n = std::min(MM_ROWS, OC - o0);
+            RowsC dy(dout + o0, N, n, Eigen::OuterStride<>(OC));
+            MapM(dw + (size_t)o0 * C, n, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+        }
+    }
     // the bias sum in a fixed order (Eigen's colwise().sum() may reorder it by alignment)
     if (dbias) sum_rows_into(dbias, N, OC, [&](int i, int j) { return dout[(size_t)i * OC + j]; });
 }
@@ -174,7 +202,7 @@ static void gla_recurrent_forward(float *o, float *S, float *S_all, const float 
                            const float *a, int B, int T, int H, int K, int V) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *Sbh = S + ((size_t)b * H + h) * hk * hv;
@@ -209,7 +237,7 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
                             float *scratch, size_t scratch_per_task) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *dS = scratch + omp_get_thread_num() * scratch_per_task;
@@ -318,7 +346,7 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
@@ -497,7 +525,7 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
@@ -572,7 +600,7 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 #define CONV_BLOCK 64
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
             int nb = std::min(CONV_BLOCK, Cc - c0);
@@ -606,7 +634,7 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
 static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
         int nb = std::min(CONV_BLOCK, Cc - c0);
         float wt[64 * CONV_BLOCK], dwt[64 * CONV_BLOCK] = {0}, db[CONV_BLOCK] = {0}, g[CONV_BLOCK];
@@ -668,7 +696,7 @@ static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, con
 static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
@@ -700,7 +728,7 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
                             const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                             int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {
         float *dh = scratch + omp_get_thread_num() * scratch_per_task;
         for (int h = 0; h < nh; h++) {
@@ -751,8 +779,6 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 
 // A chunk's rows of xbc (x of one head, B or C) or of y, as Eigen matrices
 // over our buffers: `len` rows of `cols` floats, `stride` floats apart.
-typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
-typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
 static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
@@ -798,7 +824,7 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                               int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
@@ -846,7 +872,7 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
                                int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {
         SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
         float *cum = w.cum, *ec = w.decay_to_end;
@@ -1024,13 +1050,17 @@ static void crossentropy_backward(float *dlogits, const float *logits, const int
 
 static void adamw_update(float *p, const float *grad, float *m, float *v, size_t n, float lr, float grad_scale, float wd,
                   int step, const AdamWConfig *o) {
-    float c1 = 1.0f - powf(o->beta1, (float)step), c2 = 1.0f - powf(o->beta2, (float)step);
-    #pragma omp parallel for
+    // the constants in locals: the compiler cannot know that p, m, v do not
+    // overlap *o, and would reload them every element instead of vectorising
+    const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    const float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
+    // a norm or bias vector is done before a parallel region would even start
+    #pragma omp parallel for if (n >= 65536)
     for (size_t i = 0; i < n; i++) {
         float g = grad[i] * grad_scale;
-        m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
-        v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
-        p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + o->eps) + wd * p[i]);
+        m[i] = b1 * m[i] + (1.0f - b1) * g;
+        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        p[i] -= lr * ((m[i] / c1) / (sqrtf(v[i] / c2) + eps) + wd * p[i]);
     }
 }
 
@@ -1203,22 +1233,26 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
 void model_zero_grad(Model *m) { zero(m->grads, m->num_params); }
 
 // sqrt of the sum of squares of the trainable gradients, summed in a fixed
-// order (blocks of 4096 in parallel, then the blocks in sequence)
+// order: each tensor in blocks of 4096 (the blocks in parallel, all tensors'
+// blocks in one parallel region), then the blocks in sequence
 float model_grad_norm(Model *m) {
-    double total = 0;
+    struct Block { const float *g; size_t n; };
+    std::vector<Block> blocks;
     for (size_t t = 0; t < m->tensors.size(); t++) {
         if (m->lr_scale[t] == 0.0f) continue;
         const float *g = m->grads + m->tensors[t].offset;
-        size_t n = m->tensors[t].size(), nb = (n + 4095) / 4096;
-        std::vector<double> part(nb);
-        #pragma omp parallel for
-        for (size_t b = 0; b < nb; b++) {
-            double s = 0;
-            for (size_t i = b * 4096; i < std::min(n, (b + 1) * 4096); i++) s += (double)g[i] * g[i];
-            part[b] = s;
-        }
-        for (size_t b = 0; b < nb; b++) total += part[b];
+        size_t n = m->tensors[t].size();
+        for (size_t i = 0; i < n; i += 4096) blocks.push_back({g + i, std::min<size_t>(4096, n - i)});
     }
+    std::vector<double> part(blocks.size());
+    #pragma omp parallel for schedule(dynamic, 16)
+    for (size_t b = 0; b < blocks.size(); b++) {
+        double s = 0;
+        for (size_t i = 0; i < blocks[b].n; i++) s += (double)blocks[b].g[i] * blocks[b].g[i];
+        part[b] = s;
+    }
+    double total = 0;
+    for (size_t b = 0; b < blocks.size(); b++) total += part[b];
     return (float)sqrt(total);
 }
 
@@ -1230,13 +1264,16 @@ void model_update(Model *m, float lr, float grad_scale, int step, const AdamWCon
     model_update_pass(&ops, m, lr, grad_scale, step, opt);
 }
 
+// The machine's GEMM rate, for the benchmark's "% of GEMM": timed on
+// matmul_forward itself (the model's fastest product), so that figure is not
+// flattered by a slower reference
 double gemm_gflops(int M, int N, int K) {
     MatRM a = MatRM::Random(M, K), b = MatRM::Random(N, K), c(M, N);
-    c.noalias() = a * b.transpose();  // warm up
+    matmul_forward(c.data(), a.data(), b.data(), nullptr, M, K, N);  // warm up
     int reps = 0;
     double t0 = now_seconds(), t;
     do {
-        c.noalias() = a * b.transpose();
+        matmul_forward(c.data(), a.data(), b.data(), nullptr, M, K, N);
         reps++;
         t = now_seconds() - t0;
     } while (t < 0.5);
