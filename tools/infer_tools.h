@@ -277,85 +277,111 @@ static std::map<std::string, std::string> read_tsv(const std::string &path, std:
     return kv;
 }
 
+static const char *KINDS[] = {"base", "lpt", "statex"}, *KIND_NAMES[] = {"base", "LPT", "StateX"};
+
+// One family's metrics: per kind (base, LPT, StateX), metric name -> values
+// over the seeds; `order` keeps the names in the order first seen.
+struct FamilyMetrics {
+    std::map<std::string, Measured> m[3];
+    std::vector<std::string> order;
+    void add(int k, const std::string &name, double v) {
+        if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+        m[k][name].v.push_back(v);
+    }
+};
+
+// Reads every FAMILY-KIND-sSEED.eval.tsv (and .bin.stats) of one family;
+// returns how many runs it found.
+static int summarize_read(const std::string &dir, const char *fam, FamilyMetrics *fm) {
+    int found = 0;
+    for (int k = 0; k < 3; k++)
+        for (int seed = 1; seed <= 100; seed++) {
+            std::string base = strf("%s/%s-%s-s%d", dir.c_str(), fam, KINDS[k], seed);
+            std::vector<std::vector<std::string>> rows;
+            std::map<std::string, std::string> ev = read_tsv(base + ".eval.tsv", &rows);
+            if (ev.empty()) continue;
+            found++;
+            std::map<std::string, std::string> st = read_tsv(base + ".bin.stats", nullptr);
+            fm->add(k, "seeds", 1);
+            fm->add(k, "parameters", atof(ev["params"].c_str()));
+            fm->add(k, "recurrent state (floats)", atof(ev["state_floats"].c_str()));
+            if (st.count("wall_seconds")) fm->add(k, "training time of this stage (s)", atof(st["wall_seconds"].c_str()));
+            if (st.count("peak_rss_mb")) fm->add(k, "peak memory (MB)", atof(st["peak_rss_mb"].c_str()));
+            if (st.count("tokens")) fm->add(k, "training tokens of this stage (M)", atof(st["tokens"].c_str()) / 1e6);
+            fm->add(k, "validation bits/byte", atof(ev["bpb"].c_str()));
+            std::map<int, std::vector<double>> pk;
+            for (auto &r : rows) {
+                if (r.size() == 5 && r[0] == "mqar")
+                    fm->add(k, strf("MQAR n=%s%s", r[1].c_str(), r[2] == "0" ? "" : strf(", gap %s", r[2].c_str()).c_str()), 100 * atof(r[3].c_str()));
+                if (r.size() == 5 && r[0] == "passkey") pk[atoi(r[1].c_str())].push_back(atof(r[3].c_str()));
+            }
+            for (auto &p : pk) {
+                double a = 0;
+                for (double x : p.second) a += x;
+                fm->add(k, strf("passkey %d bytes (mean of depths)", p.first), 100 * a / p.second.size());
+            }
+        }
+    return found;
+}
+
+// The family's table: one row per metric, one column per kind (mean ± sd).
+static std::string summarize_table(const char *fam, FamilyMetrics *fm) {
+    std::string md = strf("\n## %s\n\n| | %s | %s | %s |\n|---|---|---|---|\n", fam[0] == 'g' ? "GLA" : "Mamba2",
+                          KIND_NAMES[0], KIND_NAMES[1], KIND_NAMES[2]);
+    for (const std::string &name : fm->order) {
+        int digits = name == "seeds" || name.find("parameters") == 0 || name.find("state (") != std::string::npos ||
+                     name.find("memory") != std::string::npos ? 0 : name.find("bits") != std::string::npos ? 3 : 1;
+        md += "| " + name + " | ";
+        for (int k = 0; k < 3; k++) {
+            const Measured &x = fm->m[k][name];
+            md += (name == "seeds" ? strf("%zu", x.v.size()) : x.cell(digits)) + " | ";
+        }
+        md += "\n";
+    }
+    return md;
+}
+
+// The family's charts: MQAR against n (without a gap, and in a lighter shade
+// with one), passkey against length; one line per kind. Returns their markdown.
+static std::string summarize_charts(const std::string &dir, const char *fam, FamilyMetrics *fm) {
+    std::vector<Series> mq, mq_gap, pk;
+    uint32_t colors[3] = {0x7F7F7F, 0x1F77B4, 0xD62728}, light[3] = {0xC7C7C7, 0x9EC9E9, 0xF0A0A0};
+    for (int k = 0; k < 3; k++) {
+        Series a{KIND_NAMES[k], {}, {}, colors[k]}, b{KIND_NAMES[k], {}, {}, colors[k]};
+        Series g{std::string(KIND_NAMES[k]) + ", GAP", {}, {}, light[k]};
+        for (int n : MQAR_N) {
+            auto it = fm->m[k].find(strf("MQAR n=%d", n));
+            if (it != fm->m[k].end()) { a.x.push_back(n); a.y.push_back(it->second.mean()); }
+            for (auto &[name, x] : fm->m[k])  // whatever gap the evaluation used
+                if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { g.x.push_back(n); g.y.push_back(x.mean()); break; }
+        }
+        if (!g.x.empty()) mq_gap.push_back(g);
+        for (int L = 256; L <= 1 << 20; L *= 2) {
+            auto it = fm->m[k].find(strf("passkey %d bytes (mean of depths)", L));
+            if (it != fm->m[k].end()) { b.x.push_back(L); b.y.push_back(it->second.mean()); }
+        }
+        mq.push_back(a);
+        pk.push_back(b);
+    }
+    mq.insert(mq.end(), mq_gap.begin(), mq_gap.end());
+    std::string title = fam[0] == 'g' ? "GLA" : "MAMBA2";
+    std::string e = write_line_chart(strf("%s/%s_mqar.png", dir.c_str(), fam), title + ": MQAR ACCURACY", "PAIRS N", "%", mq, true, 0, 100);
+    if (e.empty()) e = write_line_chart(strf("%s/%s_passkey.png", dir.c_str(), fam), title + ": PASSKEY ACCURACY", "CONTEXT BYTES", "%", pk, true, 0, 100);
+    if (!e.empty()) die("%s", e.c_str());
+    return strf("\n![%s MQAR](%s_mqar.png) ![%s passkey](%s_passkey.png)\n", title.c_str(), fam, title.c_str(), fam);
+}
+
 static int run_summarize(const InferOptions *o) {
-    const char *kinds[] = {"base", "lpt", "statex"}, *kind_names[] = {"base", "LPT", "StateX"};
     std::string md = "# StateX experiment: results\n\nEach cell is the mean ± standard deviation over the seeds "
                      "(sample std; the number of seeds is in the first table). Accuracies in %.\n";
     int found = 0;
     for (const char *fam : {"gla", "mamba2"}) {
-        // metric -> kind -> values over seeds
-        std::map<std::string, Measured> m[3];
-        std::vector<std::string> order;
-        auto add = [&](int k, const std::string &name, double v) {
-            if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
-            m[k][name].v.push_back(v);
-        };
-        for (int k = 0; k < 3; k++)
-            for (int seed = 1; seed <= 100; seed++) {
-                std::string base = strf("%s/%s-%s-s%d", o->summarize.c_str(), fam, kinds[k], seed);
-                std::vector<std::vector<std::string>> rows;
-                std::map<std::string, std::string> ev = read_tsv(base + ".eval.tsv", &rows);
-                if (ev.empty()) continue;
-                found++;
-                std::map<std::string, std::string> st = read_tsv(base + ".bin.stats", nullptr);
-                add(k, "seeds", 1);
-                add(k, "parameters", atof(ev["params"].c_str()));
-                add(k, "recurrent state (floats)", atof(ev["state_floats"].c_str()));
-                if (st.count("wall_seconds")) add(k, "training time of this stage (s)", atof(st["wall_seconds"].c_str()));
-                if (st.count("peak_rss_mb")) add(k, "peak memory (MB)", atof(st["peak_rss_mb"].c_str()));
-                if (st.count("tokens")) add(k, "training tokens of this stage (M)", atof(st["tokens"].c_str()) / 1e6);
-                add(k, "validation bits/byte", atof(ev["bpb"].c_str()));
-                std::map<int, std::vector<double>> pk;
-                for (auto &r : rows) {
-                    if (r.size() == 5 && r[0] == "mqar")
-                        add(k, strf("MQAR n=%s%s", r[1].c_str(), r[2] == "0" ? "" : strf(", gap %s", r[2].c_str()).c_str()), 100 * atof(r[3].c_str()));
-                    if (r.size() == 5 && r[0] == "passkey") pk[atoi(r[1].c_str())].push_back(atof(r[3].c_str()));
-                }
-                for (auto &p : pk) {
-                    double a = 0;
-                    for (double x : p.second) a += x;
-                    add(k, strf("passkey %d bytes (mean of depths)", p.first), 100 * a / p.second.size());
-                }
-            }
-        if (m[0].empty() && m[1].empty() && m[2].empty()) continue;
-        md += strf("\n## %s\n\n| | %s | %s | %s |\n|---|---|---|---|\n", fam[0] == 'g' ? "GLA" : "Mamba2", kind_names[0], kind_names[1], kind_names[2]);
-        for (const std::string &name : order) {
-            int digits = name == "seeds" || name.find("parameters") == 0 || name.find("state (") != std::string::npos ||
-                         name.find("memory") != std::string::npos ? 0 : name.find("bits") != std::string::npos ? 3 : 1;
-            md += "| " + name + " | ";
-            for (int k = 0; k < 3; k++) {
-                const Measured &x = m[k][name];
-                md += (name == "seeds" ? strf("%zu", x.v.size()) : x.cell(digits)) + " | ";
-            }
-            md += "\n";
-        }
-        // charts: MQAR against n (without a gap, and in a lighter shade with
-        // one), passkey against length; one line per kind
-        std::vector<Series> mq, mq_gap, pk;
-        uint32_t colors[3] = {0x7F7F7F, 0x1F77B4, 0xD62728}, light[3] = {0xC7C7C7, 0x9EC9E9, 0xF0A0A0};
-        for (int k = 0; k < 3; k++) {
-            Series a{kind_names[k], {}, {}, colors[k]}, b{kind_names[k], {}, {}, colors[k]};
-            Series g{std::string(kind_names[k]) + ", GAP", {}, {}, light[k]};
-            for (int n : MQAR_N) {
-                auto it = m[k].find(strf("MQAR n=%d", n));
-                if (it != m[k].end()) { a.x.push_back(n); a.y.push_back(it->second.mean()); }
-                for (auto &[name, x] : m[k])  // whatever gap the evaluation used
-                    if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { g.x.push_back(n); g.y.push_back(x.mean()); break; }
-            }
-            if (!g.x.empty()) mq_gap.push_back(g);
-            for (int L = 256; L <= 1 << 20; L *= 2) {
-                auto it = m[k].find(strf("passkey %d bytes (mean of depths)", L));
-                if (it != m[k].end()) { b.x.push_back(L); b.y.push_back(it->second.mean()); }
-            }
-            mq.push_back(a);
-            pk.push_back(b);
-        }
-        mq.insert(mq.end(), mq_gap.begin(), mq_gap.end());
-        std::string title = fam[0] == 'g' ? "GLA" : "MAMBA2";
-        std::string e = write_line_chart(strf("%s/%s_mqar.png", o->summarize.c_str(), fam), title + ": MQAR ACCURACY", "PAIRS N", "%", mq, true, 0, 100);
-        if (e.empty()) e = write_line_chart(strf("%s/%s_passkey.png", o->summarize.c_str(), fam), title + ": PASSKEY ACCURACY", "CONTEXT BYTES", "%", pk, true, 0, 100);
-        if (!e.empty()) die("%s", e.c_str());
-        md += strf("\n![%s MQAR](%s_mqar.png) ![%s passkey](%s_passkey.png)\n", title.c_str(), fam, title.c_str(), fam);
+        FamilyMetrics fm;
+        int n = summarize_read(o->summarize, fam, &fm);
+        if (n == 0) continue;
+        found += n;
+        md += summarize_table(fam, &fm);
+        md += summarize_charts(o->summarize, fam, &fm);
     }
     if (!found) die("--summarize: no FAMILY-KIND-sSEED.eval.tsv files in %s", o->summarize.c_str());
     std::string path = o->summarize + "/results.md";
