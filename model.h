@@ -839,6 +839,31 @@ struct Model {
     void *gpu;                          // CUDA only
 };
 
+// The fields of a new Model that do not depend on its device: the config
+// (checked), the tensor table, learning-rate factors 1, no moments and no
+// activations yet. Each backend's model_init calls it, then allocates and
+// points m->w and m->g into its own buffers.
+inline void model_init_common(Model *m, const Config *c, int device) {
+    std::string e = config_problem(c);
+    if (!e.empty()) die("bad config: %s", e.c_str());
+    m->config = *c;
+    m->device = device;
+    m->gpu = nullptr;
+    m->tensors = param_layout(c);
+    m->lr_scale.assign(m->tensors.size(), 1.0f);
+    m->num_params = m->tensors.back().offset + m->tensors.back().size();
+    m->params = m->grads = m->adam_m = m->adam_v = nullptr;
+    m->B = m->T = 0;
+    m->n_threads = 1;
+    m->keep_steps = false;
+    m->acts_mem = nullptr;
+    m->mixer_form = MIX_CHUNKED;
+    m->loss = 0;
+    m->n_targets = 0;
+    m->inputs = m->targets = nullptr;
+    m->cur_B = m->cur_T = 0;
+}
+
 namespace cpu {
 // model lifecycle (statex_cpu.cpp)
 void model_init(Model *m, const Config *c, float *params /* owned; nullptr = zeros */);

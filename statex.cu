@@ -1569,30 +1569,14 @@ bool available(std::string *why) {
 }
 
 void model_init(Model *m, const Config *c, const float *host_params) {
-    std::string e = config_problem(c);
-    if (!e.empty()) die("bad config: %s", e.c_str());
     std::string why;
     if (!available(&why)) die("cannot put the model on the GPU: %s", why.c_str());
-    m->config = *c;
-    m->device = DEVICE_CUDA;
-    m->tensors = param_layout(c);
-    m->lr_scale.assign(m->tensors.size(), 1.0f);
-    m->adam_m = m->adam_v = nullptr;
-    m->num_params = m->tensors.back().offset + m->tensors.back().size();
+    model_init_common(m, c, DEVICE_CUDA);
     m->params = gpu_floats(m->num_params);
     m->grads = gpu_floats(m->num_params);
     if (host_params) cudaCheck(cudaMemcpy(m->params, host_params, m->num_params * sizeof(float), cudaMemcpyHostToDevice));
     param_layout(c, m->params, &m->w);
     param_layout(c, m->grads, &m->g);
-    m->B = m->T = 0;
-    m->n_threads = 1;
-    m->acts_mem = nullptr;
-    m->mixer_form = MIX_CHUNKED;
-    m->keep_steps = false;
-    m->loss = 0;
-    m->n_targets = 0;
-    m->inputs = m->targets = nullptr;
-    m->cur_B = m->cur_T = 0;
     GpuModel *g = new GpuModel;
     g->inputs = g->targets = nullptr;
     g->norm_parts = (double *)gpu_malloc(m->tensors.size() * NORM_BLOCKS * sizeof(double));

@@ -1073,27 +1073,11 @@ const Ops ops = STATEX_OP_TABLE;
 // the model: memory, initialisation, and the passes of model.h on the CPU ops
 
 void model_init(Model *m, const Config *c, float *params) {
-    std::string e = config_problem(c);
-    if (!e.empty()) die("bad config: %s", e.c_str());
-    m->config = *c;
-    m->device = DEVICE_CPU;
-    m->gpu = nullptr;
-    m->tensors = param_layout(c);
-    m->lr_scale.assign(m->tensors.size(), 1.0f);
-    m->adam_m = m->adam_v = nullptr;
-    m->num_params = m->tensors.back().offset + m->tensors.back().size();
+    model_init_common(m, c, DEVICE_CPU);
     m->params = params ? params : xcalloc_floats(m->num_params);
     m->grads = xcalloc_floats(m->num_params);
     param_layout(c, m->params, &m->w);
     param_layout(c, m->grads, &m->g);
-    m->B = m->T = 0;
-    m->acts_mem = nullptr;
-    m->mixer_form = MIX_CHUNKED;
-    m->keep_steps = false;
-    m->loss = 0;
-    m->n_targets = 0;
-    m->inputs = m->targets = nullptr;
-    m->cur_B = m->cur_T = 0;
     m->n_threads = omp_get_max_threads();
 }
 
