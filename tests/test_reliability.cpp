@@ -9,22 +9,16 @@
 #include <csignal>
 #include <sys/wait.h>
 
-// Runs a shell command; its exit status (128 + signal when killed) and its
-// output, stderr included. A sanitizer report in the output fails the test.
+// run_command (test_util.h), and a sanitizer report in the output fails the test.
 static int run(const std::string &cmd, std::string *out = nullptr) {
-    FILE *p = popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p);
     std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    int status = pclose(p);
+    int status = run_command(cmd, &text);
     CAPTURE(cmd);
     CAPTURE(text);
     CHECK(text.find("Sanitizer") == std::string::npos);
     CHECK(text.find("runtime error") == std::string::npos);
     if (out) *out = text;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return status;
 }
 static std::string tmpdir(const char *name) {
     std::string d = std::string("/tmp/statex_rel_") + name + "_" + std::to_string(getpid());

@@ -4,20 +4,7 @@
 #include "test_util.h"
 #include "../data/tasks.h"
 
-// Runs a shell command; returns its exit status and (in *out) what it printed,
-// stderr included unless the command redirects it.
-static int run(const std::string &cmd, std::string *out = nullptr) {
-    std::string full = cmd.find("2>") == std::string::npos ? cmd + " 2>&1" : cmd;
-    FILE *p = popen(full.c_str(), "r");
-    REQUIRE(p);
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    int status = pclose(p);
-    if (out) *out = text;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+static int run(const std::string &cmd, std::string *out = nullptr) { return run_command(cmd, out); }
 static std::string tmpdir() {
     std::string d = "/tmp/statex_train_" + std::to_string(getpid());
     mkdir(d.c_str(), 0755);

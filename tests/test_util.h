@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <functional>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 // ||a - b|| / ||b||, in double
 inline double rel_err(const float *a, const float *b, size_t n) {
@@ -67,4 +68,19 @@ inline double dot_loss(const float *out, const float *R, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)out[i] * R[i];
     return s;
+}
+
+// Runs a shell command; returns its exit status (128 + signal when killed) and,
+// in *out, what it printed, stderr included unless the command redirects it.
+inline int run_command(const std::string &cmd, std::string *out = nullptr) {
+    std::string full = cmd.find("2>") == std::string::npos ? cmd + " 2>&1" : cmd;
+    FILE *p = popen(full.c_str(), "r");
+    REQUIRE(p);
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    int status = pclose(p);
+    if (out) *out = text;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
