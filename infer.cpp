@@ -23,7 +23,7 @@ struct InferOptions {
     bool eval = false;
     std::string eval_out, val = "data/val.txt", summarize;
     float eval_scale = 1.0f;
-    int passkey_max = 4096, mqar_gap = 128;
+    int passkey_min = 256, passkey_max = 4096, mqar_gap = 128;
 };
 
 static void usage() {
@@ -41,11 +41,11 @@ static void usage() {
         "  --bench [--preset gla-small|mamba2-small]   generation speed of a random model\n"
         "evaluation (README.md \"Recall tasks\"):\n"
         "  --eval               MQAR accuracy (n = 4..64, without and with a gap), passkey accuracy\n"
-        "                       (lengths 256..--passkey-max, depths 0..1), validation bits/byte\n"
+        "                       (lengths --passkey-min, doubling up to --passkey-max; depths 0..1), validation bits/byte\n"
         "  --eval-out PREFIX    also write PREFIX.tsv, PREFIX_mqar.png, PREFIX_passkey.png\n"
         "  --val FILE           validation text (default data/val.txt)\n"
         "  --eval-scale X       samples x X (default 1: about 2560 answers per MQAR cell)\n"
-        "  --passkey-max N      longest passkey context (default 4096)   --mqar-gap N (default 128)\n"
+        "  --passkey-min N --passkey-max N   shortest and longest passkey context (256, 4096)   --mqar-gap N (default 128)\n"
         "  --summarize DIR      tables and charts from DIR's *.eval.tsv (the experiment)\n");
 }
 
@@ -74,12 +74,15 @@ static void parse_args(int argc, char **argv, InferOptions *o) {
         else if (a == "--val") o->val = val();
         else if (a == "--eval-scale") o->eval_scale = to_float(a, val());
         else if (a == "--passkey-max") o->passkey_max = to_int(a, val());
+        else if (a == "--passkey-min") o->passkey_min = to_int(a, val());
         else if (a == "--mqar-gap") o->mqar_gap = to_int(a, val());
         else if (a == "--summarize") o->summarize = val();
         else die("unknown flag '%s' (see ./infer --help)", a.c_str());
     }
     if (o->eval_scale <= 0 || o->eval_scale > 100) die("--eval-scale must be in (0, 100]");
-    if (o->passkey_max < 256) die("--passkey-max must be at least 256");
+    // the shortest prompt holds the key sentence and the question, 73 bytes
+    if (o->passkey_min < 80) die("--passkey-min %d: a passkey prompt needs at least 80 bytes", o->passkey_min);
+    if (o->passkey_max < o->passkey_min) die("--passkey-max %d is below --passkey-min %d", o->passkey_max, o->passkey_min);
     if (o->mqar_gap < 0 || o->mqar_gap > 4096) die("--mqar-gap must be in 0..4096");
     if (o->device != "cpu" && o->device != "cuda") die("--device: '%s' is not cpu or cuda", o->device.c_str());
     if (o->max_tokens < 0) die("--max-tokens must be >= 0");

@@ -60,6 +60,7 @@ static void usage() {
         "  --family gla|mamba2  --d-model N  --n-layer N  --untied\n"
         "  GLA:    --key-dim N --value-dim N --heads N --gate-rank N --mlp-hidden N\n"
         "  Mamba2: --d-inner N --headdim N --d-state N --d-conv N\n"
+        "  --heads and --d-state also take one value per layer, N0,N1,... (the last repeats)\n"
         "  --init MODEL         start from a model file instead of a new model\n"
         "  --resume PATH        continue the run whose checkpoint is PATH (and PATH.opt) exactly\n"
         "data:\n"
@@ -103,7 +104,19 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         // flags that shape the run are remembered for --resume
         size_t first = i;
         bool run_flag = true;
-        auto all_layers = [&](int *per_layer, int v) { for (int l = 0; l < MAX_LAYER; l++) per_layer[l] = v; };
+        // "N" sets every layer; "N0,N1,..." sets layer by layer (the last value
+        // repeats), so a from-scratch model can have StateX's per-layer shape
+        auto per_layer = [&](const std::string &flag, int *layers) {
+            std::string v = val();
+            size_t at = 0;
+            for (int l = 0; l < MAX_LAYER; l++) {
+                size_t comma = v.find(',', at);
+                layers[l] = to_int(flag, v.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+                if (comma == std::string::npos) { for (int k = l + 1; k < MAX_LAYER; k++) layers[k] = layers[l]; break; }
+                at = comma + 1;
+                if (l == MAX_LAYER - 1) die("%s: more than %d layers in '%s'", flag.c_str(), MAX_LAYER, v.c_str());
+            }
+        };
         if (a == "--help" || a == "-h") { usage(); exit(0); }
         else if (a == "--preset") val();  // done above
         else if (a == "--family") {
@@ -117,12 +130,12 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         else if (a == "--untied") { c->tied = 0; o->config_given = true; }
         else if (a == "--key-dim") { c->key_dim = to_int(a, val()); o->config_given = true; }
         else if (a == "--value-dim") { c->value_dim = to_int(a, val()); o->config_given = true; }
-        else if (a == "--heads") { all_layers(c->n_head, to_int(a, val())); o->config_given = true; }
+        else if (a == "--heads") { per_layer(a, c->n_head); o->config_given = true; }
         else if (a == "--gate-rank") { c->gate_rank = to_int(a, val()); o->config_given = true; }
         else if (a == "--mlp-hidden") { c->mlp_hidden = to_int(a, val()); o->config_given = true; }
         else if (a == "--d-inner") { c->d_inner = to_int(a, val()); o->config_given = true; }
         else if (a == "--headdim") { c->headdim = to_int(a, val()); o->config_given = true; }
-        else if (a == "--d-state") { all_layers(c->d_state, to_int(a, val())); o->config_given = true; }
+        else if (a == "--d-state") { per_layer(a, c->d_state); o->config_given = true; }
         else if (a == "--d-conv") { c->d_conv = to_int(a, val()); o->config_given = true; }
         else if (a == "--init") o->init = val();
         else if (a == "--data") o->data = val();

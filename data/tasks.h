@@ -107,7 +107,9 @@ inline void sample_row(const Corpus *c, const RecallMix *mix, Rng *rng, int T, i
     std::vector<char> is_target(T + 1, 0);
     int L = 0;
     if (rng_uniform(rng) < mix->passkey_share) {
-        std::string answer, p = passkey_prompt(std::max(64, T / 2), rng_uniform(rng), rng, &answer);
+        // prompt lengths vary from 64 bytes to the whole row, less the answer
+        int len = T >= 71 ? 64 + rng_int(rng, T - 70) : 64;
+        std::string answer, p = passkey_prompt(len, rng_uniform(rng), rng, &answer);
         std::string s = p + answer + ".\n";
         L = std::min((int)s.size(), T + 1);
         for (int i = 0; i < L; i++) { seq[i] = (uint8_t)s[i]; is_target[i] = i >= (int)p.size() && i < (int)p.size() + 5; }

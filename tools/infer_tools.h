@@ -207,7 +207,7 @@ static int run_eval(const InferOptions *o) {
         printf("\n");
     }
     std::vector<int> lengths;
-    for (int L = 256; L <= o->passkey_max; L *= 2) lengths.push_back(L);
+    for (int L = o->passkey_min; L <= o->passkey_max; L *= 2) lengths.push_back(L);
     int per_cell = std::max(8, (int)(40 * o->eval_scale));
     Series pk{"passkey", {}, {}, 0x2CA02C};
     printf("passkey accuracy (%%), %d samples per depth; depths 0, .25, .5, .75, 1 and mean\n", per_cell);
