@@ -1,6 +1,6 @@
 // tools/chart.h: line charts as PNG (stb_image_write), for the loss curve and the
-// recall results. Labels use a 3x5 pixel font of upper-case letters, digits
-// and a few signs, drawn at twice the size.
+// recall results (with error bars for the spread over seeds). Labels use a 3x5
+// pixel font of upper-case letters, digits and a few signs, drawn at twice the size.
 #pragma once
 #include "../model.h"
 #include <stb_image_write.h>
@@ -9,6 +9,7 @@ struct Series {
     std::string name;
     std::vector<float> x, y;
     uint32_t rgb;  // 0xRRGGBB
+    std::vector<float> err = {};  // a bar of y ± err[i] at each point (e.g. one sd); empty: none
 };
 
 struct Canvas {
@@ -71,8 +72,9 @@ inline std::string write_line_chart(const std::string &path, const std::string &
     for (const Series &s : series)
         for (size_t i = 0; i < s.x.size(); i++) {
             if (!std::isfinite(s.y[i])) continue;
+            double e = i < s.err.size() && std::isfinite(s.err[i]) ? s.err[i] : 0;
             x0 = std::min(x0, X(s.x[i])); x1 = std::max(x1, X(s.x[i]));
-            y0 = std::min(y0, (double)s.y[i]); y1 = std::max(y1, (double)s.y[i]);
+            y0 = std::min(y0, s.y[i] - e); y1 = std::max(y1, s.y[i] + e);
         }
     if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
     if (x1 == x0) x1 = x0 + 1;
@@ -104,6 +106,14 @@ inline std::string write_line_chart(const std::string &path, const std::string &
         for (size_t i = 0; s.x.size() <= 64 && i < s.x.size(); i++)
             if (std::isfinite(s.y[i]))
                 for (int d = -2; d <= 2; d++) { cv.set(px(s.x[i]) + d, py(s.y[i]), s.rgb); cv.set(px(s.x[i]), py(s.y[i]) + d, s.rgb); }
+    for (const Series &s : series)  // error bars: a vertical line with caps, kept inside the plot
+        for (size_t i = 0; i < s.x.size() && i < s.err.size(); i++) {
+            if (!std::isfinite(s.y[i]) || !(s.err[i] > 0)) continue;
+            int x = px(s.x[i]), lo = py(std::max(y0, (double)s.y[i] - s.err[i])), hi = py(std::min(y1, (double)s.y[i] + s.err[i]));
+            cv.line(x, lo, x, hi, s.rgb);
+            cv.line(x - 4, lo, x + 4, lo, s.rgb);
+            cv.line(x - 4, hi, x + 4, hi, s.rgb);
+        }
     cv.text(left, 8, title, black);
     cv.text(left + pw / 2 - 4 * (int)xlabel.size(), cv.h - 18, xlabel, black);
     cv.text(8, 26, ylabel, black);

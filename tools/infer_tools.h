@@ -239,21 +239,34 @@ static int run_eval(const InferOptions *o) {
 
 // ----------------------------------------------------------------------------
 // --summarize DIR: the experiment's tables and charts. DIR holds, per family
-// (gla, mamba2), kind (base, lpt, statex) and seed, FAMILY-KIND-sSEED.eval.tsv
-// from --eval and FAMILY-KIND-sSEED.bin.stats from ./train.
+// (gla, mamba2), kind and seed, FAMILY-KIND-sSEED.eval.tsv from --eval and
+// FAMILY-KIND-sSEED.bin.stats from ./train. Two kinds are trained from
+// scratch: base (a) and big state (b), the expanded-state architecture, the
+// upper reference. The others are (a) post-trained: without expansion (lpt),
+// or expanded by reinitialising (statex), by merging heads (merge, GLA) or by
+// growing N with the old weights kept (grow, Mamba2). Any subset may be there.
+
+static const int N_KINDS = 6;  // KINDS[0] is (a), KINDS[1] is (b), the rest are post-trained from (a)
+static const char *KINDS[N_KINDS] = {"base", "big", "lpt", "statex", "merge", "grow"};
+static const char *KIND_NAMES[N_KINDS] = {"base (a)", "big state (b)", "LPT", "StateX reinit", "StateX merge", "StateX grow"};
 
 struct Measured {  // one metric over the seeds
     std::vector<double> v;
+    std::vector<int> seed;  // v[i] is seed[i]'s
+    double mean() const { double m = 0; for (double x : v) m += x; return v.empty() ? NAN : m / v.size(); }
+    double sd() const {  // the sample sd; 0 for one seed
+        double m = mean(), s = 0;
+        for (double x : v) s += (x - m) * (x - m);
+        return v.size() > 1 ? sqrt(s / (v.size() - 1)) : 0;
+    }
+    double of_seed(int s) const {
+        for (size_t i = 0; i < v.size(); i++) if (seed[i] == s) return v[i];
+        return NAN;
+    }
     std::string cell(int digits) const {
         if (v.empty()) return "-";
-        double m = 0, s = 0;
-        for (double x : v) m += x;
-        m /= v.size();
-        for (double x : v) s += (x - m) * (x - m);
-        s = v.size() > 1 ? sqrt(s / (v.size() - 1)) : 0;
-        return v.size() > 1 ? strf("%.*f ± %.*f", digits, m, digits, s) : strf("%.*f", digits, m);
+        return v.size() > 1 ? strf("%.*f ± %.*f", digits, mean(), digits, sd()) : strf("%.*f", digits, mean());
     }
-    double mean() const { double m = 0; for (double x : v) m += x; return v.empty() ? NAN : m / v.size(); }
 };
 
 static std::map<std::string, std::string> read_tsv(const std::string &path, std::vector<std::vector<std::string>> *rows) {
@@ -277,103 +290,175 @@ static std::map<std::string, std::string> read_tsv(const std::string &path, std:
     return kv;
 }
 
-static const char *KINDS[] = {"base", "lpt", "statex"}, *KIND_NAMES[] = {"base", "LPT", "StateX"};
-
-// One family's metrics: per kind (base, LPT, StateX), metric name -> values
-// over the seeds; `order` keeps the names in the order first seen.
+// One family's metrics: per kind, metric name -> values over the seeds;
+// `order` keeps the names in the order first seen.
 struct FamilyMetrics {
-    std::map<std::string, Measured> m[3];
+    std::map<std::string, Measured> m[N_KINDS];
+    std::vector<int> seeds[N_KINDS];  // the runs found, per kind; none: the kind gets no column
     std::vector<std::string> order;
-    void add(int k, const std::string &name, double v) {
+    void add(int k, int seed, const std::string &name, double v) {
         if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
         m[k][name].v.push_back(v);
+        m[k][name].seed.push_back(seed);
     }
 };
+
+static bool is_mqar(const std::string &name) { return name.rfind("MQAR", 0) == 0; }
+
+static int metric_digits(const std::string &name) {
+    if (name == "seeds" || name == "parameters" || name.find("state (") != std::string::npos ||
+        name.find("memory") != std::string::npos) return 0;
+    return name.find("bits") != std::string::npos ? 3 : 1;
+}
 
 // Reads every FAMILY-KIND-sSEED.eval.tsv (and .bin.stats) of one family;
 // returns how many runs it found.
 static int summarize_read(const std::string &dir, const char *fam, FamilyMetrics *fm) {
     int found = 0;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < N_KINDS; k++)
         for (int seed = 1; seed <= 100; seed++) {
             std::string base = strf("%s/%s-%s-s%d", dir.c_str(), fam, KINDS[k], seed);
             std::vector<std::vector<std::string>> rows;
             std::map<std::string, std::string> ev = read_tsv(base + ".eval.tsv", &rows);
             if (ev.empty()) continue;
             found++;
+            fm->seeds[k].push_back(seed);
             std::map<std::string, std::string> st = read_tsv(base + ".bin.stats", nullptr);
-            fm->add(k, "seeds", 1);
-            fm->add(k, "parameters", atof(ev["params"].c_str()));
-            fm->add(k, "recurrent state (floats)", atof(ev["state_floats"].c_str()));
-            if (st.count("wall_seconds")) fm->add(k, "training time of this stage (s)", atof(st["wall_seconds"].c_str()));
-            if (st.count("peak_rss_mb")) fm->add(k, "peak memory (MB)", atof(st["peak_rss_mb"].c_str()));
-            if (st.count("tokens")) fm->add(k, "training tokens of this stage (M)", atof(st["tokens"].c_str()) / 1e6);
-            fm->add(k, "validation bits/byte", atof(ev["bpb"].c_str()));
+            auto add = [&](const std::string &name, double v) { fm->add(k, seed, name, v); };
+            add("seeds", 1);
+            add("parameters", atof(ev["params"].c_str()));
+            add("recurrent state (floats)", atof(ev["state_floats"].c_str()));
+            if (st.count("wall_seconds")) add("training time of this stage (s)", atof(st["wall_seconds"].c_str()));
+            if (st.count("peak_rss_mb")) add("peak memory (MB)", atof(st["peak_rss_mb"].c_str()));
+            if (st.count("tokens")) add("training tokens of this stage (M)", atof(st["tokens"].c_str()) / 1e6);
+            add("validation bits/byte", atof(ev["bpb"].c_str()));
             std::map<int, std::vector<double>> pk;
             for (auto &r : rows) {
                 if (r.size() == 5 && r[0] == "mqar")
-                    fm->add(k, strf("MQAR n=%s%s", r[1].c_str(), r[2] == "0" ? "" : strf(", gap %s", r[2].c_str()).c_str()), 100 * atof(r[3].c_str()));
+                    add(strf("MQAR n=%s%s", r[1].c_str(), r[2] == "0" ? "" : strf(", gap %s", r[2].c_str()).c_str()), 100 * atof(r[3].c_str()));
                 if (r.size() == 5 && r[0] == "passkey") pk[atoi(r[1].c_str())].push_back(atof(r[3].c_str()));
             }
             for (auto &p : pk) {
                 double a = 0;
                 for (double x : p.second) a += x;
-                fm->add(k, strf("passkey %d bytes (mean of depths)", p.first), 100 * a / p.second.size());
+                add(strf("passkey %d bytes (mean of depths)", p.first), 100 * a / p.second.size());
             }
         }
     return found;
 }
 
-// The family's table: one row per metric, one column per kind (mean ± sd).
+// A markdown table's header row and the rule under it.
+static std::string md_header(const std::string &head) {
+    std::string rule = "|";
+    for (long i = 1; i < std::count(head.begin(), head.end(), '|'); i++) rule += "---|";
+    return head + "\n" + rule + "\n";
+}
+
+// Header cells for the kinds found among kinds [from, N_KINDS).
+static std::string kind_columns(const FamilyMetrics *fm, int from) {
+    std::string cells;
+    for (int k = from; k < N_KINDS; k++)
+        if (!fm->seeds[k].empty()) cells += strf(" %s |", KIND_NAMES[k]);
+    return cells;
+}
+
+// The family's main table: one row per metric, one column per kind (mean ± sd).
 static std::string summarize_table(const char *fam, FamilyMetrics *fm) {
-    std::string md = strf("\n## %s\n\n| | %s | %s | %s |\n|---|---|---|---|\n", fam[0] == 'g' ? "GLA" : "Mamba2",
-                          KIND_NAMES[0], KIND_NAMES[1], KIND_NAMES[2]);
+    std::string md = strf("\n## %s\n\n", fam[0] == 'g' ? "GLA" : "Mamba2") + md_header("| |" + kind_columns(fm, 0));
     for (const std::string &name : fm->order) {
-        int digits = name == "seeds" || name.find("parameters") == 0 || name.find("state (") != std::string::npos ||
-                     name.find("memory") != std::string::npos ? 0 : name.find("bits") != std::string::npos ? 3 : 1;
-        md += "| " + name + " | ";
-        for (int k = 0; k < 3; k++) {
-            const Measured &x = fm->m[k][name];
-            md += (name == "seeds" ? strf("%zu", x.v.size()) : x.cell(digits)) + " | ";
-        }
+        md += "| " + name + " |";
+        for (int k = 0; k < N_KINDS; k++)
+            if (!fm->seeds[k].empty())
+                md += " " + (name == "seeds" ? strf("%zu", fm->m[k][name].v.size()) : fm->m[k][name].cell(metric_digits(name))) + " |";
         md += "\n";
     }
     return md;
 }
 
-// The family's charts: MQAR against n (without a gap, and in a lighter shade
-// with one), passkey against length; one line per kind. Returns their markdown.
+// How much of the difference the bigger state makes, (b) − (a), each
+// post-trained kind gets: (kind − a) / (b − a) of the means, per MQAR cell and
+// for bits/byte. Only where that difference stands out of the seed noise.
+static std::string summarize_gap_table(FamilyMetrics *fm) {
+    if (fm->seeds[0].empty() || fm->seeds[1].empty()) return "";
+    std::string md = "\n### share of the (b) − (a) gap closed\n\n" + md_header("| | (b) − (a) | 2 × max(sd a, sd b) |" + kind_columns(fm, 2));
+    for (const std::string &name : fm->order) {
+        if (name != "validation bits/byte" && !is_mqar(name)) continue;
+        const Measured &a = fm->m[0][name], &b = fm->m[1][name];
+        double gap = b.mean() - a.mean(), noise = 2 * std::max(a.sd(), b.sd());
+        bool resolved = fabs(gap) >= noise && gap != 0;
+        int digits = metric_digits(name);
+        md += strf("| %s | %.*f | %.*f |", name.c_str(), digits, gap, digits, noise);
+        for (int k = 2; k < N_KINDS; k++) {
+            if (fm->seeds[k].empty()) continue;
+            double share = (fm->m[k][name].mean() - a.mean()) / gap;
+            md += resolved && std::isfinite(share) ? strf(" %.0f%% |", 100 * share) : " - |";
+        }
+        md += "\n";
+    }
+    return md + "\nA share is (kind − a) / (b − a) of the means: 0% is no better than (a), 100% as good as (b). "
+                "\"-\": |(b) − (a)| is under 2 × the larger sd of (a) and (b), so the bigger state's effect in "
+                "that cell is not resolved and a share would mean nothing (with one seed the sds are 0, so "
+                "every nonzero difference counts as resolved).\n";
+}
+
+// One row per run, bits/byte and MQAR: what the means and sds summarize.
+static std::string summarize_seed_table(FamilyMetrics *fm) {
+    std::vector<std::string> cols = {"validation bits/byte"};
+    std::string head = "| kind | seed | bits/byte |";
+    for (const std::string &name : fm->order)
+        if (is_mqar(name)) { cols.push_back(name); head += " " + name + " |"; }
+    std::string md = "\n### per seed (MQAR accuracy in %)\n\n" + md_header(head);
+    for (int k = 0; k < N_KINDS; k++)
+        for (int s : fm->seeds[k]) {
+            md += strf("| %s | %d |", KIND_NAMES[k], s);
+            for (const std::string &c : cols) {
+                double x = fm->m[k][c].of_seed(s);
+                md += std::isfinite(x) ? strf(" %.*f |", metric_digits(c), x) : " - |";
+            }
+            md += "\n";
+        }
+    return md;
+}
+
+// The family's charts, one line per kind with error bars of ± 1 sd over the
+// seeds: MQAR against n without a gap and with one, passkey against length.
+// Returns their markdown.
 static std::string summarize_charts(const std::string &dir, const char *fam, FamilyMetrics *fm) {
+    static const uint32_t colors[N_KINDS] = {0x7F7F7F, 0x9467BD, 0x1F77B4, 0xD62728, 0x2CA02C, 0xFF7F0E};
     std::vector<Series> mq, mq_gap, pk;
-    uint32_t colors[3] = {0x7F7F7F, 0x1F77B4, 0xD62728}, light[3] = {0xC7C7C7, 0x9EC9E9, 0xF0A0A0};
-    for (int k = 0; k < 3; k++) {
-        Series a{KIND_NAMES[k], {}, {}, colors[k]}, b{KIND_NAMES[k], {}, {}, colors[k]};
-        Series g{std::string(KIND_NAMES[k]) + ", GAP", {}, {}, light[k]};
+    std::string gap;  // the gap the evaluation used, for the title
+    auto point = [](Series *s, double x, const Measured &m) { s->x.push_back(x); s->y.push_back(m.mean()); s->err.push_back(m.sd()); };
+    for (int k = 0; k < N_KINDS; k++) {
+        if (fm->seeds[k].empty()) continue;
+        Series a{KIND_NAMES[k], {}, {}, colors[k]}, g = a, p = a;
         for (int n : MQAR_N) {
             auto it = fm->m[k].find(strf("MQAR n=%d", n));
-            if (it != fm->m[k].end()) { a.x.push_back(n); a.y.push_back(it->second.mean()); }
+            if (it != fm->m[k].end()) point(&a, n, it->second);
             for (auto &[name, x] : fm->m[k])  // whatever gap the evaluation used
-                if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { g.x.push_back(n); g.y.push_back(x.mean()); break; }
+                if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { point(&g, n, x); gap = name.substr(name.rfind(' ') + 1); break; }
         }
-        if (!g.x.empty()) mq_gap.push_back(g);
         for (int L = 256; L <= 1 << 20; L *= 2) {
             auto it = fm->m[k].find(strf("passkey %d bytes (mean of depths)", L));
-            if (it != fm->m[k].end()) { b.x.push_back(L); b.y.push_back(it->second.mean()); }
+            if (it != fm->m[k].end()) point(&p, L, it->second);
         }
         mq.push_back(a);
-        pk.push_back(b);
+        mq_gap.push_back(g);
+        pk.push_back(p);
     }
-    mq.insert(mq.end(), mq_gap.begin(), mq_gap.end());
-    std::string title = fam[0] == 'g' ? "GLA" : "MAMBA2";
-    std::string e = write_line_chart(strf("%s/%s_mqar.png", dir.c_str(), fam), title + ": MQAR ACCURACY", "PAIRS N", "%", mq, true, 0, 100);
-    if (e.empty()) e = write_line_chart(strf("%s/%s_passkey.png", dir.c_str(), fam), title + ": PASSKEY ACCURACY", "CONTEXT BYTES", "%", pk, true, 0, 100);
+    std::string title = fam[0] == 'g' ? "GLA" : "MAMBA2", path = dir + "/" + fam;
+    std::string e = write_line_chart(path + "_mqar.png", title + ": MQAR ACCURACY", "PAIRS N", "%", mq, true, 0, 100);
+    if (e.empty()) e = write_line_chart(path + "_mqar_gap.png", title + ": MQAR ACCURACY, GAP " + gap, "PAIRS N", "%", mq_gap, true, 0, 100);
+    if (e.empty()) e = write_line_chart(path + "_passkey.png", title + ": PASSKEY ACCURACY", "CONTEXT BYTES", "%", pk, true, 0, 100);
     if (!e.empty()) die("%s", e.c_str());
-    return strf("\n![%s MQAR](%s_mqar.png) ![%s passkey](%s_passkey.png)\n", title.c_str(), fam, title.c_str(), fam);
+    return strf("\n![%s MQAR](%s_mqar.png) ![%s MQAR with a gap](%s_mqar_gap.png) ![%s passkey](%s_passkey.png)\n",
+                title.c_str(), fam, title.c_str(), fam, title.c_str(), fam);
 }
 
 static int run_summarize(const InferOptions *o) {
     std::string md = "# StateX experiment: results\n\nEach cell is the mean ± standard deviation over the seeds "
-                     "(sample std; the number of seeds is in the first table). Accuracies in %.\n";
+                     "(sample sd; the number of seeds is in the first table). Accuracies in %. (a): the base "
+                     "architecture from scratch; (b): the expanded-state architecture from scratch, the upper "
+                     "reference; the other columns are (a) post-trained.\n";
     int found = 0;
     for (const char *fam : {"gla", "mamba2"}) {
         FamilyMetrics fm;
@@ -381,6 +466,8 @@ static int run_summarize(const InferOptions *o) {
         if (n == 0) continue;
         found += n;
         md += summarize_table(fam, &fm);
+        md += summarize_gap_table(&fm);
+        md += summarize_seed_table(&fm);
         md += summarize_charts(o->summarize, fam, &fm);
     }
     if (!found) die("--summarize: no FAMILY-KIND-sSEED.eval.tsv files in %s", o->summarize.c_str());
