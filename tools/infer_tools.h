@@ -437,10 +437,9 @@ static std::string summarize_charts(const std::string &dir, const char *fam, Fam
             for (auto &[name, x] : fm->m[k])  // whatever gap the evaluation used
                 if (name.rfind(strf("MQAR n=%d, gap ", n), 0) == 0) { point(&g, n, x); gap = name.substr(name.rfind(' ') + 1); break; }
         }
-        for (int L = 256; L <= 1 << 20; L *= 2) {
-            auto it = fm->m[k].find(strf("passkey %d bytes (mean of depths)", L));
-            if (it != fm->m[k].end()) point(&p, L, it->second);
-        }
+        int L;
+        for (const std::string &name : fm->order)  // the lengths evaluated, in order
+            if (sscanf(name.c_str(), "passkey %d bytes", &L) == 1 && fm->m[k].count(name)) point(&p, L, fm->m[k][name]);
         mq.push_back(a);
         mq_gap.push_back(g);
         pk.push_back(p);
