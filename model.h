@@ -293,6 +293,14 @@ inline size_t num_params_of(const Config *c) {
 #define SSD_CHUNK 64
 inline int n_chunks(int T, int C) { return (T + C - 1) / C; }
 
+// GLA keeps the state entering only every GLA_STATE_EVERY-th chunk (every 64
+// tokens) for the backward pass, which recomputes the ones between: a state is
+// K*V/H floats, so one per 16 tokens would be most of the training memory.
+#define GLA_STATE_EVERY 4
+// The kept GLA states of one (sequence, head): slot g holds the state entering
+// chunk g * GLA_STATE_EVERY (slot 0 the initial state), the last slot the final state.
+inline int gla_state_slots(int T) { return n_chunks(T, GLA_CHUNK * GLA_STATE_EVERY) + 1; }
+
 // The token-mixing layers can run in either of two forms with the same math.
 enum { MIX_CHUNKED = 0, MIX_RECURRENT = 1 };
 
@@ -303,7 +311,7 @@ struct LayerActs {
     float *q, *k, *v, *og;              // [BT, K], [BT, K], [BT, V], [BT, V]
     float *gk_low, *gk_pre, *gate;      // [BT, r], [BT, K] (W1 W0 u + b), [BT, K] log forget gate a
     float *o, *o_rstd, *o_out;          // [BT, V] raw head outputs, [BT, H], [BT, V] normed and gated
-    float *S;                           // [B, H, nchunk+1, dk, dv] state entering each chunk (+ final)
+    float *S;                           // [B, H, gla_state_slots(T), dk, dv] kept chunk states (+ final)
     float *S_all;                       // [B, H, T, dk, dv] state after every step (recurrent form only)
     float *res_mid;                     // [BT, D] after the token mixing
     float *mlp_rstd, *mlp_in;           // [BT], [BT, D]
@@ -356,7 +364,7 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, size_t scr
             take(&L->q, BT * K); take(&L->k, BT * K); take(&L->v, BT * V); take(&L->og, BT * V);
             take(&L->gk_low, BT * r); take(&L->gk_pre, BT * K); take(&L->gate, BT * K);
             take(&L->o, BT * V); take(&L->o_rstd, BT * H); take(&L->o_out, BT * V);
-            take(&L->S, (size_t)B * (n_chunks(T, GLA_CHUNK) + 1) * states);
+            take(&L->S, (size_t)B * gla_state_slots(T) * states);
             if (keep_steps) take(&L->S_all, BT * states); else L->S_all = nullptr;
             take(&L->res_mid, BT * D);
             take(&L->mlp_rstd, BT); take(&L->mlp_in, BT * D);
@@ -1072,11 +1080,11 @@ inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, floa
     op->matmul_forward(act->gk_pre, act->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
     op->gla_gate_forward(act->gate, act->gk_pre, (size_t)BT * K);
     if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, GLA_CHUNK);
-        op->copy_states(act->S, nc + 1, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
+        int ns = gla_state_slots(T);
+        op->copy_states(act->S, ns, 0, st ? st->layer[l] : nullptr, B * H, X, true);  // zeros without a state
         op->gla_chunk_forward(act->o, act->S, act->q, act->k, act->v, act->gate, B, T, H, K, V, m->acts.scratch,
                               m->acts.scratch_per_task);
-        if (st) op->copy_states(act->S, nc + 1, nc, st->layer[l], B * H, X, false);
+        if (st) op->copy_states(act->S, ns, ns - 1, st->layer[l], B * H, X, false);
     } else {
         float *run = st ? st->layer[l] : act->S;  // act->S is free scratch in this form
         if (!st) op->zero(run, (size_t)B * H * X);

@@ -17,7 +17,7 @@
 //   - matmuls: cuBLAS in FP32 (TF32 tensor cores only with STATEX_TF32=1);
 //   - chunked scans: one thread block per (sequence, head), walking the chunks
 //     in order (backward: in reverse), the chunk's tiles in shared memory and
-//     only the per-chunk states (and a per-block work space) in global memory.
+//     only the kept chunk states (and a per-block work space) in global memory.
 // Training is deterministic: every sum on the training path adds in a fixed
 // order, so two runs from the same start give the same bits (and --resume is
 // exact, as on the CPU). The embedding gradient adds each row's tokens in token
@@ -415,7 +415,8 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 //     o_t   = hk^-1/2 [ (q_t ⊙ e^{b_t})^T S_in + sum_{s<=t} A_ts v_s ],  A_ts = sum_i q_t[i] k_s[i] e^{b_t[i]-b_s[i]}
 //     S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
 // Only differences b_t - b_s <= 0 are exponentiated, never e^{-b} alone, which overflows (README, "The math").
-// S: [B, H, nchunk+1, hk, hv], slot 0 the initial state (input).
+// S: [B, H, gla_state_slots(T), hk, hv]: the state entering every GLA_STATE_EVERY-th chunk, slot 0 the
+// initial state (input), and last the final state; the states between live in the block's work space.
 //
 // One block of GLA_THREADS threads per (sequence, head) walks its chunks in
 // order. Per chunk, gla_chunk_prepare computes the C x C scores A from tiles of
@@ -423,8 +424,8 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 // memory) and writes the chunk's per-channel decay factors to the block's work
 // space. The state pass then gives each thread a value column j: it keeps v_s[j]
 // and o_t[j] for the chunk in registers and streams S_in[:, j] -> S_out[:, j],
-// reading the factors through shared-memory tiles. The state never has to fit
-// in shared memory, so any hk x hv works.
+// reading the factors through shared-memory tiles (gla_chunk_state). The state
+// never has to fit in shared memory, so any hk x hv works.
 
 #define GLA_THREADS 256
 #define GLA_TILE 32
@@ -440,9 +441,12 @@ struct GlaBlockWork {
     float *dl;    // [hk] e^{b_last}
     float *run;   // [hk] reverse running sum of the decay gradient
     float *dS;    // [hk, hv] gradient of the state leaving the chunk
+    float *group; // [GLA_STATE_EVERY - 1, hk, hv] the states entering the chunks between two kept ones
 };
-static size_t gla_block_work_floats(int hk, int hv) { return (size_t)6 * GLA_CHUNK * hk + 2 * (size_t)hk + (size_t)hk * hv; }
-__device__ GlaBlockWork gla_block_work(float *ws, int hk) {
+static size_t gla_block_work_floats(int hk, int hv) {
+    return (size_t)6 * GLA_CHUNK * hk + 2 * (size_t)hk + (size_t)GLA_STATE_EVERY * hk * hv;  // dS and the group
+}
+__device__ GlaBlockWork gla_block_work(float *ws, int hk, int hv) {
     const int C = GLA_CHUNK;
     GlaBlockWork w;
     w.ge = ws; ws += C * hk;
@@ -453,8 +457,26 @@ __device__ GlaBlockWork gla_block_work(float *ws, int hk) {
     w.dk_local = ws; ws += C * hk;
     w.dl = ws; ws += hk;
     w.run = ws; ws += hk;
-    w.dS = ws;
+    w.dS = ws; ws += (size_t)hk * hv;
+    w.group = ws;
     return w;
+}
+
+// Where one (sequence, head, chunk) task reads and writes (as on the CPU).
+struct GlaChunk {
+    size_t row0;      // first row of the chunk
+    int len, h;       // its length, the head
+    int K, V, hk, hv;
+    float scale;      // hk^-1/2
+};
+
+// Where the state entering chunk c lives (c == nc: the final state), as on the
+// CPU: every GLA_STATE_EVERY-th one, and the final one, in the kept slots Sbh
+// of S; the ones between in the work's group buffer. The backward writes only the latter.
+__device__ float *gla_state_at(const float *Sbh, float *group, int c, int nc, size_t X) {
+    const int E = GLA_STATE_EVERY;
+    if (c % E == 0 || c == nc) return (float *)Sbh + (size_t)((c + E - 1) / E) * X;
+    return group + (size_t)(c % E - 1) * X;
 }
 
 // For the chunk of `len` steps at row0 (all threads call it): the scaled scores
@@ -503,60 +525,75 @@ __device__ void gla_chunk_prepare(float A_sh[GLA_CHUNK][GLA_CHUNK], GlaBlockWork
     __syncthreads();
 }
 
+// The state leaving a chunk (all threads call it, after gla_chunk_prepare):
+//     S_out = diag(dl) S_in + sum_s kd_s v_s^T,
+// each thread streaming the value columns j, j + blockDim.x, .. of S_in to
+// S_out; with OUT, also the chunk's outputs o_t[j] (from A_sh and qe). The
+// forward runs it with OUT, the backward without, to recompute the states
+// between the kept ones: the same code, so the forward's states to the bit.
+template <bool OUT>
+__device__ void gla_chunk_state(float *o, float *Sout, const float *Sin, const float A_sh[GLA_CHUNK][GLA_CHUNK],
+                                GlaBlockWork w, const GlaChunk &ch, const float *v) {
+    const int C = GLA_CHUNK;
+    __shared__ float qe_sh[C][GLA_TILE], kd_sh[C][GLA_TILE], dl_sh[GLA_TILE];
+    int hk = ch.hk, hv = ch.hv, len = ch.len, tid = threadIdx.x;
+    size_t row0 = ch.row0;
+    for (int j0 = 0; j0 < hv; j0 += blockDim.x) {  // value columns j0.. of this pass
+        int j = j0 + tid;
+        bool active = j < hv;
+        float vs[C], ot[C];
+#pragma unroll
+        for (int s = 0; s < C; s++) vs[s] = active && s < len ? v[(row0 + s) * ch.V + ch.h * hv + j] : 0.0f;
+#pragma unroll
+        for (int t = 0; t < C; t++) {  // intra-chunk
+            float acc = 0;
+#pragma unroll
+            for (int s = 0; s <= t; s++)
+                if (OUT) acc += A_sh[t][s] * vs[s];
+            ot[t] = acc;
+        }
+        for (int i0 = 0; i0 < hk; i0 += GLA_TILE) {  // inter-chunk, and the state update
+            __syncthreads();
+            for (int e = tid; e < C * GLA_TILE; e += blockDim.x) {
+                int t = e / GLA_TILE, ii = e % GLA_TILE, i = i0 + ii;
+                if (OUT) qe_sh[t][ii] = i < hk ? w.qe[t * hk + i] : 0.0f;
+                kd_sh[t][ii] = i < hk ? w.kd[t * hk + i] : 0.0f;
+            }
+            if (tid < GLA_TILE) dl_sh[tid] = i0 + tid < hk ? w.dl[i0 + tid] : 0.0f;
+            __syncthreads();
+            if (!active) continue;
+            for (int ii = 0; ii < GLA_TILE && i0 + ii < hk; ii++) {
+                size_t ij = (size_t)(i0 + ii) * hv + j;
+                float s_in = Sin[ij], s_out = dl_sh[ii] * s_in;
+#pragma unroll
+                for (int t = 0; t < C; t++) {
+                    if (OUT) ot[t] += qe_sh[t][ii] * s_in;
+                    s_out += kd_sh[t][ii] * vs[t];
+                }
+                Sout[ij] = s_out;
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < C; t++)
+            if (OUT && active && t < len) o[(row0 + t) * ch.V + ch.h * hv + j] = ot[t];
+    }
+}
+
 __global__ void __launch_bounds__(GLA_THREADS)
 gla_chunk_forward_kernel(float *o, float *S, const float *q, const float *k, const float *v, const float *a, int T, int H,
                          int K, int V, float *scratch, size_t scratch_per_task) {
-    const int C = GLA_CHUNK, nc = (T + C - 1) / C;
+    const int C = GLA_CHUNK, nc = (T + C - 1) / C, nslot = (nc + GLA_STATE_EVERY - 1) / GLA_STATE_EVERY + 1;
     __shared__ float A_sh[C][C];
-    __shared__ float qe_sh[C][GLA_TILE], kd_sh[C][GLA_TILE], dl_sh[GLA_TILE];
-    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x;
+    int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H;
+    size_t X = (size_t)hk * hv;
     float scale = 1.0f / sqrtf((float)hk);
-    GlaBlockWork w = gla_block_work(scratch + (size_t)bh * scratch_per_task, hk);
-    float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
+    GlaBlockWork w = gla_block_work(scratch + (size_t)bh * scratch_per_task, hk, hv);
+    float *Sbh = S + (size_t)bh * nslot * X;
     for (int c = 0; c < nc; c++) {
-        size_t row0 = (size_t)b * T + (size_t)c * C;
-        int len = imin(C, T - c * C);
-        const float *Sin = Sbh + (size_t)c * hk * hv;
-        float *Sout = Sbh + (size_t)(c + 1) * hk * hv;
-        gla_chunk_prepare(A_sh, w, q, k, a, row0, len, K, hk, h, scale);
-        for (int j0 = 0; j0 < hv; j0 += blockDim.x) {  // value columns j0.. of this pass
-            int j = j0 + tid;
-            bool active = j < hv;
-            float vs[C], ot[C];
-#pragma unroll
-            for (int s = 0; s < C; s++) vs[s] = active && s < len ? v[(row0 + s) * V + h * hv + j] : 0.0f;
-#pragma unroll
-            for (int t = 0; t < C; t++) {  // intra-chunk
-                float acc = 0;
-#pragma unroll
-                for (int s = 0; s <= t; s++) acc += A_sh[t][s] * vs[s];
-                ot[t] = acc;
-            }
-            for (int i0 = 0; i0 < hk; i0 += GLA_TILE) {  // inter-chunk, and the state update
-                __syncthreads();
-                for (int e = tid; e < C * GLA_TILE; e += blockDim.x) {
-                    int t = e / GLA_TILE, ii = e % GLA_TILE, i = i0 + ii;
-                    qe_sh[t][ii] = i < hk ? w.qe[t * hk + i] : 0.0f;
-                    kd_sh[t][ii] = i < hk ? w.kd[t * hk + i] : 0.0f;
-                }
-                if (tid < GLA_TILE) dl_sh[tid] = i0 + tid < hk ? w.dl[i0 + tid] : 0.0f;
-                __syncthreads();
-                if (!active) continue;
-                for (int ii = 0; ii < GLA_TILE && i0 + ii < hk; ii++) {
-                    size_t ij = (size_t)(i0 + ii) * hv + j;
-                    float s_in = Sin[ij], s_out = dl_sh[ii] * s_in;
-#pragma unroll
-                    for (int t = 0; t < C; t++) {
-                        ot[t] += qe_sh[t][ii] * s_in;
-                        s_out += kd_sh[t][ii] * vs[t];
-                    }
-                    Sout[ij] = s_out;
-                }
-            }
-#pragma unroll
-            for (int t = 0; t < C; t++)
-                if (active && t < len) o[(row0 + t) * V + h * hv + j] = ot[t];
-        }
+        GlaChunk ch = {(size_t)b * T + (size_t)c * C, imin(C, T - c * C), h, K, V, hk, hv, scale};
+        gla_chunk_prepare(A_sh, w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
+        gla_chunk_state<true>(o, gla_state_at(Sbh, w.group, c + 1, nc, X), gla_state_at(Sbh, w.group, c, nc, X), A_sh,
+                              w, ch, v);
     }
 }
 static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
@@ -577,7 +614,11 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
 //     da_t  = sum_{t'>=t} (q_t' ⊙ dq_t' - k_t' ⊙ dk_t')   (reverse running sum)
 // As on the CPU, the diagonal terms s = t (dÂ_tt k_t in dq_t, dÂ_tt q_t in dk_t)
 // cancel exactly in q ⊙ dq - k ⊙ dk, so they stay out of da and go into dq, dk only.
-// One block per (sequence, head); per chunk the phases have the CPU's names:
+// One block per (sequence, head). The chunks go in groups of GLA_STATE_EVERY,
+// last group first: first the group's states between the kept ones are
+// recomputed from the kept one at its start (gla_chunk_prepare, then
+// gla_chunk_state<false>, as the forward made them), then the group's chunks
+// are walked in reverse; per chunk the phases have the CPU's names:
 //   gla_chunk_backward_intra: the scores (gla_chunk_prepare), dÂ from tiles of
 //     do and v; then one thread per key channel i for the intra-chunk dq, dk
 //     (its q, k, b in registers) and one thread per (s, j) for the intra-chunk dv;
@@ -588,13 +629,6 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
 //   gla_chunk_backward_write: one thread per key channel: dq, dk out, and the
 //     decay gradient.
 
-// Where one (sequence, head, chunk) task reads and writes (as on the CPU).
-struct GlaChunk {
-    size_t row0;      // first row of the chunk
-    int len, h;       // its length, the head
-    int K, V, hk, hv;
-    float scale;      // hk^-1/2
-};
 // The backward kernel's shared memory.
 struct GlaBackwardShared {
     float A[GLA_CHUNK][GLA_CHUNK], dA[GLA_CHUNK][GLA_CHUNK];            // Â and dÂ
@@ -753,18 +787,29 @@ __global__ void __launch_bounds__(GLA_THREADS)
 gla_chunk_backward_kernel(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S, const float *q,
                           const float *k, const float *v, const float *a, int T, int H, int K, int V, float *scratch,
                           size_t scratch_per_task) {
-    const int C = GLA_CHUNK, nc = (T + C - 1) / C;
+    const int C = GLA_CHUNK, E = GLA_STATE_EVERY, nc = (T + C - 1) / C, nslot = (nc + E - 1) / E + 1;
     __shared__ GlaBackwardShared sh;
     int bh = blockIdx.x, b = bh / H, h = bh % H, hk = K / H, hv = V / H, tid = threadIdx.x, nt = blockDim.x;
-    GlaBlockWork w = gla_block_work(scratch + (size_t)bh * scratch_per_task, hk);
-    const float *Sbh = S + (size_t)bh * (nc + 1) * hk * hv;
-    for (size_t e = tid; e < (size_t)hk * hv; e += nt) w.dS[e] = 0;
+    size_t X = (size_t)hk * hv;
+    float scale = 1.0f / sqrtf((float)hk);
+    GlaBlockWork w = gla_block_work(scratch + (size_t)bh * scratch_per_task, hk, hv);
+    const float *Sbh = S + (size_t)bh * nslot * X;
+    for (size_t e = tid; e < X; e += nt) w.dS[e] = 0;
     for (int i = tid; i < hk; i += nt) w.run[i] = 0;
-    for (int c = nc - 1; c >= 0; c--) {
-        GlaChunk ch = {(size_t)b * T + (size_t)c * C, imin(C, T - c * C), h, K, V, hk, hv, 1.0f / sqrtf((float)hk)};
-        gla_chunk_backward_intra(sh, w, ch, dv, dout, q, k, v, a);
-        gla_chunk_backward_inter_state(sh, w, ch, dv, dout, v, Sbh + (size_t)c * hk * hv);
-        gla_chunk_backward_write(sh, w, ch, dq, dk, da, q, k);
+    for (int c0 = (nc - 1) / E * E; c0 >= 0; c0 -= E) {  // the group of chunks c0 .. c1-1
+        int c1 = imin(nc, c0 + E);
+        for (int c = c0; c + 1 < c1; c++) {  // the states entering chunks c0+1 .. c1-1
+            GlaChunk ch = {(size_t)b * T + (size_t)c * C, imin(C, T - c * C), h, K, V, hk, hv, scale};
+            gla_chunk_prepare(sh.A, w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
+            gla_chunk_state<false>(nullptr, gla_state_at(Sbh, w.group, c + 1, nc, X), gla_state_at(Sbh, w.group, c, nc, X),
+                                   sh.A, w, ch, v);
+        }
+        for (int c = c1 - 1; c >= c0; c--) {
+            GlaChunk ch = {(size_t)b * T + (size_t)c * C, imin(C, T - c * C), h, K, V, hk, hv, scale};
+            gla_chunk_backward_intra(sh, w, ch, dv, dout, q, k, v, a);
+            gla_chunk_backward_inter_state(sh, w, ch, dv, dout, v, gla_state_at(Sbh, w.group, c, nc, X));
+            gla_chunk_backward_write(sh, w, ch, dq, dk, da, q, k);
+        }
     }
 }
 static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,

@@ -281,9 +281,19 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 //     S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
 // Only differences b_t - b_s (<= 0) are exponentiated, never e^{-b} alone,
 // which would overflow once b falls below about -88.
-// S: [B, H, nchunk+1, hk, hv]; S[.., 0, ..] is the initial state (input), the
-// rest are written: the state entering each chunk, and last the final state.
-// These chunk states are all the backward pass keeps of the recurrence.
+// S: [B, H, gla_state_slots(T), hk, hv]: the state entering every
+// GLA_STATE_EVERY-th chunk and last the final state (model.h); S[.., 0, ..] is
+// the initial state (input), the rest are written. These kept states are all
+// the backward pass keeps of the recurrence; it recomputes the states between
+// them, one group of GLA_STATE_EVERY chunks at a time.
+
+// Where one (sequence, head, chunk) task reads and writes.
+struct GlaChunk {
+    size_t row0;      // first row of the chunk
+    int len, h;       // its length, the head
+    int K, V, hk, hv;
+    float scale;      // hk^-1/2
+};
 
 // The scratch of one (sequence, head) task in the chunked GLA passes, carved
 // from one thread's slice. gla_work(nullptr, ..) only counts: its return
@@ -296,6 +306,7 @@ struct GlaWork {
     float *dS;    // [hk, hv] gradient of the state leaving the chunk
     float *dq_local, *dk_local;  // [C, hk] the chunk's own dq, dk (complete once the chunk is done)
     float *run;   // [hk] running reverse sum of the decay gradient
+    float *group; // [GLA_STATE_EVERY - 1, hk, hv] the states entering the chunks between two kept ones
     size_t floats;
 };
 static GlaWork gla_work(float *ws, int hk, int hv) {
@@ -311,8 +322,27 @@ static GlaWork gla_work(float *ws, int hk, int hv) {
     take(&w.dq_local, C * hk);
     take(&w.dk_local, C * hk);
     take(&w.run, hk);
+    take(&w.group, (size_t)(GLA_STATE_EVERY - 1) * hk * hv);
     w.floats = off;
     return w;
+}
+
+// Where the state entering chunk c lives (c == nc: the final state): every
+// GLA_STATE_EVERY-th one, and the final one, in the kept slots Sbh of S; the
+// ones between in the work's group buffer. The backward writes only the latter.
+static float *gla_state_at(const float *Sbh, float *group, int c, int nc, size_t X) {
+    const int E = GLA_STATE_EVERY;
+    if (c % E == 0 || c == nc) return (float *)Sbh + (size_t)((c + E - 1) / E) * X;
+    return group + (size_t)(c % E - 1) * X;
+}
+
+// Fills cum, the cumulative log decay b_t of the chunk of `len` steps at row0.
+static void gla_chunk_decay(GlaWork *w, const float *a, size_t row0, int len, int K, int hk, int h) {
+    for (int t = 0; t < len; t++) {
+        const float *at = a + (row0 + t) * K + h * hk;
+        float *ct = w->cum + t * hk;
+        for (int i = 0; i < hk; i++) ct[i] = (t ? ct[i - hk] : 0.0f) + at[i];
+    }
 }
 
 // Fills cum (cumulative log decay), E (decay between every pair s <= t) and A
@@ -322,11 +352,7 @@ static GlaWork gla_work(float *ws, int hk, int hv) {
 // costs about as much as the forward's intra-chunk work.
 static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const float *a, size_t row0, int len,
                               int K, int hk, int h, float scale) {
-    for (int t = 0; t < len; t++) {
-        const float *at = a + (row0 + t) * K + h * hk;
-        float *ct = w->cum + t * hk;
-        for (int i = 0; i < hk; i++) ct[i] = (t ? ct[i - hk] : 0.0f) + at[i];
-    }
+    gla_chunk_decay(w, a, row0, len, K, hk, h);
     for (int t = 0; t < len; t++) {
         const float *qt = q + (row0 + t) * K + h * hk, *ct = w->cum + t * hk;
         for (int s = 0; s <= t; s++) {
@@ -341,21 +367,46 @@ static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const 
     }
 }
 
+// The state leaving a chunk, from the state entering it (w->cum holds the
+// chunk's b_t):  S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
+// The forward and the backward's recomputation both run this, so the states
+// the backward recomputes are the forward's, bit for bit.
+static void gla_chunk_state(float *Sout, const float *Sin, const GlaWork *w, const GlaChunk *ch, const float *k,
+                            const float *v) {
+    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
+    size_t row0 = ch->row0;
+    const float *clast = w->cum + (ch->len - 1) * hk;
+    for (int i = 0; i < hk; i++) {
+        float d = exp_fast(clast[i]);
+        for (int j = 0; j < hv; j++) Sout[(size_t)i * hv + j] = d * Sin[(size_t)i * hv + j];
+    }
+    for (int s = 0; s < ch->len; s++) {
+        const float *ks = k + (row0 + s) * K + h * hk, *cs = w->cum + s * hk;
+        const float *vs = v + (row0 + s) * V + h * hv;
+        for (int i = 0; i < hk; i++) {
+            float ki = ks[i] * exp_fast(clast[i] - cs[i]);
+            float *So = Sout + (size_t)i * hv;
+            for (int j = 0; j < hv; j++) So[j] += ki * vs[j];
+        }
+    }
+}
+
 static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
                        int B, int T, int H, int K, int V, float *scratch, size_t scratch_per_task) {
     const int C = GLA_CHUNK, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
+    size_t X = (size_t)hk * hv;
     float scale = 1.0f / sqrtf((float)hk);
     #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
-            float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
+            float *Sbh = S + ((size_t)b * H + h) * gla_state_slots(T) * X;
             for (int c = 0; c < nc; c++) {
                 size_t row0 = (size_t)b * T + (size_t)c * C;
                 int len = std::min(C, T - c * C);
-                const float *Sin = Sbh + (size_t)c * hk * hv;
-                float *Sout = Sbh + (size_t)(c + 1) * hk * hv;
+                GlaChunk ch = {row0, len, h, K, V, hk, hv, scale};
+                const float *Sin = gla_state_at(Sbh, w.group, c, nc, X);
                 gla_chunk_prepare(&w, q, k, a, row0, len, K, hk, h, scale);
                 for (int t = 0; t < len; t++) {
                     const float *qt = q + (row0 + t) * K + h * hk, *ct = w.cum + t * hk;
@@ -372,20 +423,7 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
                         for (int j = 0; j < hv; j++) ot[j] += score * vs[j];
                     }
                 }
-                const float *clast = w.cum + (len - 1) * hk;
-                for (int i = 0; i < hk; i++) {
-                    float d = exp_fast(clast[i]);
-                    for (int j = 0; j < hv; j++) Sout[(size_t)i * hv + j] = d * Sin[(size_t)i * hv + j];
-                }
-                for (int s = 0; s < len; s++) {
-                    const float *ks = k + (row0 + s) * K + h * hk, *cs = w.cum + s * hk;
-                    const float *vs = v + (row0 + s) * V + h * hv;
-                    for (int i = 0; i < hk; i++) {
-                        float ki = ks[i] * exp_fast(clast[i] - cs[i]);
-                        float *So = Sout + (size_t)i * hv;
-                        for (int j = 0; j < hv; j++) So[j] += ki * vs[j];
-                    }
-                }
+                gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), Sin, &w, &ch, k, v);
             }
         }
 }
@@ -402,15 +440,10 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
 //     dL/dB_t = q_t ⊙ dq_t - k_t ⊙ dk_t        (a vector over key channels),
 // so da_t = sum_{t' >= t} (q_t' ⊙ dq_t' - k_t' ⊙ dk_t'), a reverse running sum
 // that we carry across the chunks as we walk back.
-// The four phases of one chunk are the four functions below.
-
-// Where one (sequence, head, chunk) task reads and writes.
-struct GlaChunk {
-    size_t row0;      // first row of the chunk
-    int len, h;       // its length, the head
-    int K, V, hk, hv;
-    float scale;      // hk^-1/2
-};
+// The chunks go in groups of GLA_STATE_EVERY, last group first: the group's
+// states between the kept ones are recomputed forward from the kept one at its
+// start (gla_chunk_state, as the forward made them), then its chunks are
+// walked in reverse. The four phases of one chunk are the four functions below.
 
 // Phase 1, inside the chunk: dÂ, dv_s += sum_t Â_ts do_t, and the s < t terms
 // of dq and dk (the diagonal s = t waits for phase 4).
@@ -522,25 +555,35 @@ static void gla_chunk_backward_write(GlaWork *w, const GlaChunk *ch, float *dq, 
 static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const float *dout, const float *S,
                                const float *q, const float *k, const float *v, const float *a, int B, int T, int H,
                                int K, int V, float *scratch, size_t scratch_per_task) {
-    const int C = GLA_CHUNK, nc = n_chunks(T, C);
+    const int C = GLA_CHUNK, E = GLA_STATE_EVERY, nc = n_chunks(T, C);
     int hk = K / H, hv = V / H;
+    size_t X = (size_t)hk * hv;
     float scale = 1.0f / sqrtf((float)hk);
     #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             GlaWork w = gla_work(scratch + omp_get_thread_num() * scratch_per_task, hk, hv);
-            const float *Sbh = S + ((size_t)b * H + h) * (nc + 1) * hk * hv;
-            zero(w.dS, (size_t)hk * hv);
+            const float *Sbh = S + ((size_t)b * H + h) * gla_state_slots(T) * X;
+            zero(w.dS, X);
             zero(w.run, hk);
-            for (int c = nc - 1; c >= 0; c--) {
-                GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
-                gla_chunk_prepare(&w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
-                zero(w.dq_local, (size_t)ch.len * hk);
-                zero(w.dk_local, (size_t)ch.len * hk);
-                gla_chunk_backward_intra(&w, &ch, dv, dout, q, k, v);
-                gla_chunk_backward_inter(&w, &ch, dv, dout, Sbh + (size_t)c * hk * hv, k, v);
-                gla_chunk_backward_state(&w, &ch, dout, q);
-                gla_chunk_backward_write(&w, &ch, dq, dk, da, q, k);
+            for (int c0 = (nc - 1) / E * E; c0 >= 0; c0 -= E) {  // the group of chunks c0 .. c1-1
+                int c1 = std::min(nc, c0 + E);
+                for (int c = c0; c + 1 < c1; c++) {  // the states entering chunks c0+1 .. c1-1
+                    GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
+                    gla_chunk_decay(&w, a, ch.row0, ch.len, K, hk, h);
+                    gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), gla_state_at(Sbh, w.group, c, nc, X), &w,
+                                    &ch, k, v);
+                }
+                for (int c = c1 - 1; c >= c0; c--) {
+                    GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
+                    gla_chunk_prepare(&w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
+                    zero(w.dq_local, (size_t)ch.len * hk);
+                    zero(w.dk_local, (size_t)ch.len * hk);
+                    gla_chunk_backward_intra(&w, &ch, dv, dout, q, k, v);
+                    gla_chunk_backward_inter(&w, &ch, dv, dout, gla_state_at(Sbh, w.group, c, nc, X), k, v);
+                    gla_chunk_backward_state(&w, &ch, dout, q);
+                    gla_chunk_backward_write(&w, &ch, dq, dk, da, q, k);
+                }
             }
         }
 }

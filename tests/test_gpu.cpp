@@ -314,7 +314,7 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
     INFO("GLA scans B " << B << " T " << T << " H " << H << " hk " << hk << " hv " << hv);
     Rng r = {seed};
     Arrays A;
-    int K = H * hk, V = H * hv, nc = n_chunks(T, GLA_CHUNK);
+    int K = H * hk, V = H * hv, ns = gla_state_slots(T);
     size_t BT = (size_t)B * T, X = (size_t)hk * hv;
     Config c = {};
     c.family = FAMILY_GLA; c.n_layer = 1; c.key_dim = K; c.value_dim = V; c.n_head[0] = H;
@@ -341,12 +341,12 @@ static void check_gla_scans(int B, int T, int H, int hk, int hv, uint64_t seed) 
     check("gla recurrent dk", dk, TOL_SCAN);
     check("gla recurrent dv", dv, TOL_SCAN);
     check("gla recurrent da", da, TOL_SCAN);
-    // chunked: slot 0 of every (b, h) is the initial state, the other slots outputs
-    std::vector<float> S0((size_t)B * H * (nc + 1) * X, 0.0f);
+    // chunked: slot 0 of every (b, h) is the initial state, the other kept slots outputs
+    std::vector<float> S0((size_t)B * H * ns * X, 0.0f);
     for (int i = 0; i < B * H; i++)
-        for (size_t x = 0; x < X; x++) S0[(size_t)i * (nc + 1) * X + x] = 0.3f * rng_normal(&r);
+        for (size_t x = 0; x < X; x++) S0[(size_t)i * ns * X + x] = 0.3f * rng_normal(&r);
     auto Sc = A.make(S0);
-    for (int i = 0; i < B * H; i++) Arrays::nan_fill(Sc.d, ((size_t)i * (nc + 1) + 1) * X, nc * X);
+    for (int i = 0; i < B * H; i++) Arrays::nan_fill(Sc.d, ((size_t)i * ns + 1) * X, (ns - 1) * X);
     Arrays::nan_fill(o.d, 0, o.h.size());  // written again by the chunked form
     cpu::ops.gla_chunk_forward(o.cpu(), Sc.cpu(), q.cpu(), k.cpu(), v.cpu(), a.cpu(), B, T, H, K, V, scratch.cpu(), spt);
     gpu_twice("gla chunk forward", [&] {
@@ -374,6 +374,8 @@ TEST_CASE("gpu: ops (GLA scans)" * doctest::skip(gpu_skip())) {
     check_gla_scans(1, 20, 1, 130, 520, 4); // a merged head: several key tiles, several passes over the values
     check_gla_scans(1, 37, 1, 256, 256, 5); // a StateX-merged head at K = V = 256 (one head)
     check_gla_scans(34, 20, 4, 8, 16, 6);   // 136 blocks: more than an H200 has SMs (132)
+    check_gla_scans(2, 130, 2, 40, 48, 8);  // three groups of kept states (GLA_STATE_EVERY), the last one short
+    check_gla_scans(1, 128, 1, 8, 300, 9);  // whole groups; hv past one pass of the threads
 }
 
 // Mamba2 SSD scans, recurrent and chunked, likewise

@@ -58,6 +58,26 @@ TEST_CASE("layout: the backward row buffers and the scan scratch hold what is wr
     }
 }
 
+TEST_CASE("layout: GLA keeps a chunk state per 64 tokens, plus the initial and the final state") {
+    Config c = gla_config(32, 16, 24, 4, 64, 2);  // layer 0 has 2 heads, layer 1 one
+    int B = 3;
+    for (int T : {1, 16, 63, 64, 65, 130, 2048}) {
+        Acts a;
+        float *base = (float *)4096;  // only the pointers' distances are read
+        acts_layout(&c, B, T, 1, cpu::scan_work_floats(&c), false, base, &a);
+        size_t slots = (T + 63) / 64 + 1;  // ceil(T / 64), + the final state; one per 16 tokens was ceil(T / 16) + 1
+        CAPTURE(T);
+        CHECK(gla_state_slots(T) == (int)slots);
+        for (int l = 0; l < c.n_layer; l++) {
+            size_t S_floats = (size_t)B * slots * c.key_dim * c.value_dim / c.n_head[l];
+            CAPTURE(l);
+            // without keep_steps the layer's S is followed by res_mid (rounded up to 16 floats)
+            CHECK((size_t)(a.layer[l].res_mid - a.layer[l].S) == ((S_floats + 15) & ~(size_t)15));
+        }
+    }
+    CHECK(gla_state_slots(2048) == 33);  // was 129 with a state every 16 tokens
+}
+
 TEST_CASE("layout: the section-7 config of the tutorial issue trains (gate rank above every other size)") {
     Config c = gla_config(32, 32, 32, 4096, 64, 1);
     c.n_layer = 1;

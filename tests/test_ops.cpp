@@ -154,23 +154,26 @@ static Config gla_config(int H, int K, int V) {
     return c;
 }
 
-// outputs and gradients of both forms
-struct GlaResult { Vec o, dq, dk, dv, da; };
+// outputs and gradients of both forms, and the states each keeps (chunked: the
+// kept chunk states [B, H, gla_state_slots(T), hk, hv]; recurrent: S_all)
+struct GlaResult { Vec o, dq, dk, dv, da, states; };
 static GlaResult gla_run(GlaCase &g, bool chunked) {
     int B = g.B, T = g.T, H = g.H, K = g.K, V = g.V, hk = K / H, hv = V / H;
     Config c = gla_config(H, K, V);
     Vec ws = scan_scratch(c);
     GlaResult res{Vec((size_t)B * T * V), Vec(g.q.size()), Vec(g.k.size()), Vec(g.v.size()), Vec(g.a.size())};
     if (chunked) {
-        Vec S((size_t)B * H * (n_chunks(T, GLA_CHUNK) + 1) * hk * hv);
+        Vec S((size_t)B * H * gla_state_slots(T) * hk * hv);
         cpu::ops.gla_chunk_forward(res.o.data(), S.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
         cpu::ops.gla_chunk_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S.data(), g.q.data(), g.k.data(),
                                 g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+        res.states = std::move(S);
     } else {
         Vec S((size_t)B * H * hk * hv), S_all((size_t)B * H * T * hk * hv);
         cpu::ops.gla_recurrent_forward(res.o.data(), S.data(), S_all.data(), g.q.data(), g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V);
         cpu::ops.gla_recurrent_backward(res.dq.data(), res.dk.data(), res.dv.data(), res.da.data(), g.dout.data(), S_all.data(), g.q.data(),
                                     g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
+        res.states = std::move(S_all);
     }
     return res;
 }
@@ -189,6 +192,38 @@ TEST_CASE("GLA: recurrent form == chunked form, outputs and gradients") {
             GlaResult rec = gla_run(g, false), chk = gla_run(g, true);
             CAPTURE(T); CAPTURE(strong);
             CHECK(all_finite(chk.o)); CHECK(all_finite(chk.da));
+            CHECK(rel_err(chk.o.data(), rec.o.data(), rec.o.size()) < 1e-5);
+            CHECK(rel_err(chk.dq.data(), rec.dq.data(), rec.dq.size()) < 1e-4);
+            CHECK(rel_err(chk.dk.data(), rec.dk.data(), rec.dk.size()) < 1e-4);
+            CHECK(rel_err(chk.dv.data(), rec.dv.data(), rec.dv.size()) < 1e-4);
+            CHECK(rel_err(chk.da.data(), rec.da.data(), rec.da.size()) < 1e-4);
+        }
+    }
+}
+
+// The chunked form keeps the state entering every GLA_STATE_EVERY-th chunk (one
+// per 64 tokens) and the final state; its backward recomputes the states
+// between. Around the boundaries of those groups of chunks: the kept states are
+// the recurrent form's at the same tokens, and the gradients are the recurrent form's.
+TEST_CASE("GLA: chunked form keeping a state every 64 tokens == recurrent form, states and gradients") {
+    const int G = GLA_CHUNK * GLA_STATE_EVERY;  // tokens per kept state
+    REQUIRE(G == 64);
+    for (int T : {1, GLA_CHUNK, G - 1, G, G + 1, 2 * G + 2}) {
+        for (int strong = 0; strong < 2; strong++) {
+            GlaCase g = gla_case(2, T, 2, 8, 12, strong ? -8.0f : -0.6f, strong ? -4.0f : 0.0f, 30 + T);
+            GlaResult rec = gla_run(g, false), chk = gla_run(g, true);
+            CAPTURE(T); CAPTURE(strong);
+            int ns = gla_state_slots(T);
+            REQUIRE(ns == (T + 63) / 64 + 1);
+            size_t X = 4 * 6;  // hk x hv
+            for (int bh = 0; bh < 2 * 2; bh++)
+                for (int slot = 1; slot < ns; slot++) {  // slot 0 is the initial state (zeros here)
+                    int t = std::min(slot * G, T) - 1;  // the last token before it
+                    CAPTURE(bh); CAPTURE(slot);
+                    CHECK(rel_err(chk.states.data() + ((size_t)bh * ns + slot) * X,
+                                  rec.states.data() + ((size_t)bh * T + t) * X, X) < 1e-5);
+                }
+            CHECK(all_finite(chk.da));
             CHECK(rel_err(chk.o.data(), rec.o.data(), rec.o.size()) < 1e-5);
             CHECK(rel_err(chk.dq.data(), rec.dq.data(), rec.dq.size()) < 1e-4);
             CHECK(rel_err(chk.dk.data(), rec.dk.data(), rec.dk.size()) < 1e-4);
