@@ -255,10 +255,19 @@ TEST_CASE("experiment: the --quick pipeline runs end to end and writes the resul
     REQUIRE(rc == 0);
     std::vector<char> md = file_bytes(d + "/results.md");
     std::string text(md.begin(), md.end());
-    for (const char *want : {"## GLA", "## Mamba2", "| MQAR n=64 |", "| passkey 512 bytes (mean of depths) |",
-                             "| validation bits/byte |", "| recurrent state (floats) |", "| peak memory (MB) |"})
+    for (const char *want : {"## GLA", "## Mamba2", "| MQAR n=64 |", "| MQAR n=16, gap 32 |", "| passkey 256 bytes (mean of depths) |",
+                             "| validation bits/byte |", "| recurrent state (floats) |", "| peak memory (MB) |",
+                             "| base (a) | big state (b) | LPT | StateX reinit | StateX merge |",
+                             "| base (a) | big state (b) | LPT | StateX reinit | StateX grow |", "share of the (b) − (a) gap closed"})
         CHECK_MESSAGE(text.find(want) != std::string::npos, want);
+    // the sweep: both rates for each model, one of them kept
+    md = file_bytes(d + "/sweep.md");
+    text.assign(md.begin(), md.end());
+    for (const char *want : {"| gla base | 1e-2", "| gla big | 3e-2", "| mamba2 base | 3e-2", "| mamba2 big | 1e-2"})
+        CHECK_MESSAGE(text.find(want) != std::string::npos, want);
+    CHECK(text.find(" * |") != std::string::npos);
     CHECK(file_bytes(d + "/gla_mqar.png").size() > 1000);
+    CHECK(file_bytes(d + "/gla_mqar_gap.png").size() > 1000);
     CHECK(file_bytes(d + "/mamba2_passkey.png").size() > 1000);
     run("rm -rf " + tmpdir());
 }
