@@ -199,7 +199,7 @@ train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
 	./train --preset tiny-mamba2 --steps 1500 --out out/tiny-mamba2.bin
 	./infer --model out/tiny-mamba2.bin --prompt "The " --max-tokens 400 --seed 1
 
-# the StateX recall experiment (hours on 2 CPU cores; see README.md), and its smoke test
+# the StateX recall experiment (about 45 minutes on 2 CPU cores; see README.md), and its smoke test
 experiment: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
 	sh data/experiment.sh out/experiment
 

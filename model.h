@@ -451,8 +451,8 @@ inline bool preset_config(const std::string &name, Config *c) {
     else if (name == "mamba2-small") mamba2(256, 6, 512, 64, 64, 4);
     else if (name == "gla-1.3b") gla(2048, 24, 1024, 2048, 16, 5632, 4);
     else if (name == "mamba2-1.3b") mamba2(2048, 48, 4096, 64, 128, 4);
-    else if (name == "exp-gla") gla(128, 4, 64, 128, 16, 384, 4);
-    else if (name == "exp-mamba2") mamba2(128, 4, 256, 32, 8, 4);
+    else if (name == "exp-gla") gla(64, 2, 32, 64, 8, 128, 4);       // the experiment's base models (a)
+    else if (name == "exp-mamba2") mamba2(64, 2, 128, 16, 4, 4);
     else return false;
     return true;
 }

@@ -49,14 +49,12 @@ PRE="--steps $PRE_STEPS --batch $PRE_B --seq-len $PRE_T --warmup 200 --eval-ever
 POST="--steps $POST_STEPS --batch $POST_B --seq-len $POST_T --warmup 100 --eval-every 0 --save-every 0 --quiet \
       --recall-frac 0.9 --passkey-share 0.3 --mqar-min 2 --mqar-max 16 --mqar-gap 32"
 
-# The models: 2 layers of d_model 64, each layer's state 512 floats; (b) has
-# 2048 in layer 0. StateX expands layer 0 (--expand-every 2).
-GLA="--family gla --d-model 64 --n-layer 2 --key-dim 32 --value-dim 64 --gate-rank 8 --mlp-hidden 128"
-MAMBA2="--family mamba2 --d-model 64 --n-layer 2 --d-inner 128 --headdim 16 --d-conv 4"
-arch() {  # family kind -> flags
+# The models (presets exp-gla, exp-mamba2): 2 layers of d_model 64, each
+# layer's state 512 floats; (b) has 2048 in layer 0, where StateX expands.
+arch() {  # family kind -> flags: the preset is (a); (b) expands layer 0
     case "$1-$2" in
-        gla-base) echo "$GLA --heads 4" ;;     gla-big) echo "$GLA --heads 1,4" ;;
-        mamba2-base) echo "$MAMBA2 --d-state 4" ;; mamba2-big) echo "$MAMBA2 --d-state 16,4" ;;
+        gla-base) echo "--preset exp-gla" ;;       gla-big) echo "--preset exp-gla --heads 1,4" ;;
+        mamba2-base) echo "--preset exp-mamba2" ;; mamba2-big) echo "--preset exp-mamba2 --d-state 16,4" ;;
     esac
 }
 
@@ -67,10 +65,10 @@ pool() {
 }
 # One line for the pool: run "$2" with one thread, its output to logs/$1.log.
 job() {
-    echo "OMP_NUM_THREADS=1 $2 > $OUT/logs/$1.log 2>&1 || { echo 'failed: $OUT/logs/$1.log'; tail -3 $OUT/logs/$1.log; exit 1; }"
+    echo "{ $2; } > $OUT/logs/$1.log 2>&1 || { echo 'failed: $OUT/logs/$1.log'; tail -3 $OUT/logs/$1.log; exit 1; }"
 }
 train_eval() {  # name out-prefix train-flags: train, then evaluate
-    job "$1" "./train $3 --out $2.bin && ./infer --model $2.bin --eval $EVAL --eval-out $2.eval"
+    job "$1" "OMP_NUM_THREADS=1 ./train $3 --out $2.bin && OMP_NUM_THREADS=1 ./infer --model $2.bin --eval $EVAL --eval-out $2.eval"
 }
 # mean MQAR accuracy at n = 4, 8, 16 without a gap, from an .eval.tsv
 score() { awk -F'\t' '$1 == "mqar" && $3 == 0 && $2 <= 16 { s += $4; n++ } END { printf "%.5f", n ? s / n : 0 }' "$1"; }

@@ -402,6 +402,34 @@ static std::string summarize_gap_table(FamilyMetrics *fm) {
 }
 
 // One row per run, bits/byte and MQAR: what the means and sds summarize.
+// The paper's comparison, seed by seed: each StateX arm minus LPT, both
+// post-trained from the same base (a) of that seed. A difference that has one
+// sign in every seed is the evidence the means alone do not give.
+static std::string summarize_paired_table(FamilyMetrics *fm) {
+    if (fm->seeds[2].empty()) return "";
+    std::string md = "\n### StateX arms minus LPT, paired by seed\n\n" + md_header("| |" + kind_columns(fm, 3));
+    for (const std::string &name : fm->order) {
+        if (name != "validation bits/byte" && !is_mqar(name)) continue;
+        md += "| " + name + " |";
+        for (int k = 3; k < N_KINDS; k++) {
+            if (fm->seeds[k].empty()) continue;
+            Measured d;
+            int above = 0;
+            for (int s : fm->seeds[k]) {
+                double x = fm->m[k][name].of_seed(s) - fm->m[2][name].of_seed(s);
+                if (!std::isfinite(x)) continue;
+                d.v.push_back(x);
+                d.seed.push_back(s);
+                above += x > 0;
+            }
+            md += strf(" %s (%d of %zu above) |", d.cell(metric_digits(name)).c_str(), above, d.v.size());
+        }
+        md += "\n";
+    }
+    return md + "\nMean ± sd over the seeds of (arm − LPT) on the same seed, and in how many seeds the arm is above "
+                "LPT (for bits/byte, lower is better).\n";
+}
+
 static std::string summarize_seed_table(FamilyMetrics *fm) {
     std::vector<std::string> cols = {"validation bits/byte"};
     std::string head = "| kind | seed | bits/byte |";
@@ -466,6 +494,7 @@ static int run_summarize(const InferOptions *o) {
         found += n;
         md += summarize_table(fam, &fm);
         md += summarize_gap_table(&fm);
+        md += summarize_paired_table(&fm);
         md += summarize_seed_table(&fm);
         md += summarize_charts(o->summarize, fam, &fm);
     }
