@@ -37,14 +37,9 @@ TEST_CASE("statex: merge, copy and zero reproduce the reference files byte for b
 
 TEST_CASE("statex: the command line writes the same file and prints the state table") {
     std::string out = "/tmp/statex_cli_" + std::to_string(getpid()) + ".bin";
-    std::string cmd = "./train --init tests/refdata/mamba2_small_zero_e4_every2_in.bin --expand zero --expand-every 2 --expand-factor 4 --out " + out + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
     std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    CHECK(pclose(p) == 0);
+    CHECK(run_command("./train --init tests/refdata/mamba2_small_zero_e4_every2_in.bin --expand zero --expand-every 2 "
+                      "--expand-factor 4 --out " + out, &text) == 0);
     CHECK(bytes_of(out) == bytes_of("tests/refdata/mamba2_small_zero_e4_every2_out.bin"));
     CHECK(text.find("Mamba2 model: 79376 -> 86000 parameters (+6624)") != std::string::npos);
     CHECK(text.find("16 -> 64") != std::string::npos);     // layer 0's N
