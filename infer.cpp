@@ -135,13 +135,7 @@ static void gen_feed(Generator *g, const int *tokens, int n) {
         int len = std::min(g->piece, n - at);
         for (int b = 0; b < B; b++) memcpy(&g->buf[(size_t)b * len], tokens + (size_t)b * n + at, len * sizeof(int));
         g->m.mixer_form = len == 1 ? MIX_RECURRENT : MIX_CHUNKED;
-        // A decode step (one token per row) is a string of small matrix-vector
-        // products: on one thread it skips an OpenMP fork and join per op, which
-        // cost more than the products themselves.
-        int threads = omp_get_max_threads();
-        if (len == 1 && !dev::on_gpu(&g->m)) omp_set_num_threads(1);
         dev::model_forward(&g->m, g->buf.data(), nullptr, B, len, &g->state);
-        omp_set_num_threads(threads);
         g->logits = dev::logits_on_host(&g->m, &g->host);
         g->last_len = len;
     }

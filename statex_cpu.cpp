@@ -37,6 +37,22 @@ static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0
 // layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
 // (flat == nullptr with to_chunked: zeros, a fresh start)
 
+// An op with less than about PAR_MIN floats of work runs on the calling thread
+// alone (its `if` clause): starting and joining the threads would cost more
+// than they save. A decode step (one token per sequence) is mostly such ops.
+#define PAR_MIN 16384
+
+// <a, b> in 16 partial sums (they vectorise; a plain running sum does not)
+static inline float dot(const float *a, const float *b, int n) {
+    float acc[16] = {0}, s = 0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
 static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
 static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
     for (int i = 0; i < BH; i++) {
@@ -51,7 +67,7 @@ static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH
 // embedding: out[t] = embed[token[t]]
 
 static void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)BT * D >= PAR_MIN)
     for (int t = 0; t < BT; t++) memcpy(out + (size_t)t * D, embed + (size_t)tokens[t] * D, D * sizeof(float));
 }
 // dembed[token[t]] += dout[t]; two tokens may share a row, so threads own column blocks
@@ -73,7 +89,7 @@ static void encoder_backward(float *dembed, const float *dout, const int *tokens
 //   dx = rstd * (g - n * mean(g * n)),   dw += sum over rows of dout * n
 
 static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * D >= PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D;
         float *y = out + (size_t)i * D;
@@ -124,7 +140,23 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // takes it, so the results do not depend on the schedule.
 #define MM_ROWS 128
 
+// A decode step has one row per sequence (N <= MATVEC_ROWS), so the product
+// is bound by reading W once: then the threads split W by output columns, in
+// fixed blocks of MATVEC_COLS rows of W (one Eigen matrix-vector product each).
+#define MATVEC_ROWS 8
+#define MATVEC_COLS 64
+static void matvec_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    #pragma omp parallel for schedule(static) if ((size_t)OC * C >= PAR_MIN)
+    for (int o0 = 0; o0 < OC; o0 += MATVEC_COLS) {
+        int n = std::min(MATVEC_COLS, OC - o0);
+        Rows y(out + o0, N, n, Eigen::OuterStride<>(OC));
+        y.noalias() = MapCM(inp, N, C) * MapCM(w + (size_t)o0 * C, n, C).transpose();
+        if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias + o0, n);
+    }
+}
+
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+    if (N <= MATVEC_ROWS) { matvec_forward(out, inp, w, bias, N, C, OC); return; }
     #pragma omp parallel for schedule(dynamic)
     for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
         int n = std::min(MM_ROWS, N - r0);
@@ -156,7 +188,7 @@ static void matmul_backward(float *dinp, float *dw, float *dbias, const float *d
 
 // residual: out = a + b (out may be a or b)
 static void residual_forward(float *out, const float *a, const float *b, size_t n) {
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -164,7 +196,7 @@ static void residual_forward(float *out, const float *a, const float *b, size_t 
 // SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
 
 static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) h[i] = silu(g[i]) * u[i];
 }
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
@@ -180,7 +212,7 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
 // logsigmoid(x) = min(x, 0) - log(1 + e^-|x|);  d/dx = sigmoid(-x)
 
 static void gla_gate_forward(float *a, const float *x, size_t n) {
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1pf(exp_fast(-fabsf(x[i])))) / 16.0f;
 }
 static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
@@ -202,7 +234,7 @@ static void gla_recurrent_forward(float *o, float *S, float *S_all, const float 
                            const float *a, int B, int T, int H, int K, int V) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * K * hv >= PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *Sbh = S + ((size_t)b * H + h) * hk * hv;
@@ -595,7 +627,7 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
 //     do += rstd * (g - n * mean(g * n)),  dog += dout * n * w * silu'(og),  dw += dout * n * silu(og)
 
 static void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)BT * H * dv >= PAR_MIN)
     for (int r = 0; r < BT * H; r++) {
         size_t off = (size_t)r * dv;
         float ss = 0;
@@ -643,7 +675,7 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 #define CONV_BLOCK 64
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * Cc >= PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
             int nb = std::min(CONV_BLOCK, Cc - c0);
@@ -714,7 +746,7 @@ static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *d
 // d raw = d dt * sigmoid(raw + dt_bias); d dt_bias the same, summed.
 
 static void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
-    #pragma omp parallel for
+    #pragma omp parallel for if (BT >= 64)  // (a few heads per token)
     for (int r = 0; r < BT; r++)
         for (int h = 0; h < nh; h++) dt[(size_t)r * nh + h] = softplusf(raw[(size_t)r * raw_stride + h] + bias[h]);
 }
@@ -739,7 +771,7 @@ static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, con
 static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * nh * P * N >= PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
@@ -748,12 +780,9 @@ static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float
                 const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
                 float dtt = dt[row * nh + h], decay = expf(dtt * A);
                 for (int p = 0; p < P; p++) {
-                    float *hp = hb + (size_t)p * N, acc = 0, xp = dtt * x[p];
-                    for (int n = 0; n < N; n++) {
-                        hp[n] = decay * hp[n] + xp * Bt[n];
-                        acc += Ct[n] * hp[n];
-                    }
-                    y[row * E + h * P + p] = acc + Dskip[h] * x[p];
+                    float *hp = hb + (size_t)p * N, xp = dtt * x[p];
+                    for (int n = 0; n < N; n++) hp[n] = decay * hp[n] + xp * Bt[n];
+                    y[row * E + h * P + p] = dot(Ct, hp, N) + Dskip[h] * x[p];
                 }
                 if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
             }
@@ -1011,7 +1040,7 @@ static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float
 // dz += dg * y * silu'(z). z rows have stride z_stride (slice of in_proj out).
 
 static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)BT * E >= PAR_MIN)
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
         float *o = out + (size_t)r * E, ss = 0;

@@ -66,7 +66,7 @@ static int run_bench(const InferOptions *o) {
                "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, dec, f / 1e6, dec * f / 1e9, ru.ru_maxrss / 1024.0);
         if (bw > 0)
             printf("%-13s   %.2f MB read per token; read bandwidth (same run) %.1f GB/s on %d threads, %.1f GB/s on 1 "
-                   "-> bound %.0f tok/s; generation (1 thread) at %.0f%% of the %d-thread bound\n", name.c_str(),
+                   "-> bound %.0f tok/s; generation at %.0f%% of the %d-thread bound\n", name.c_str(),
                    bytes / 1e6, bw, threads, bw1, bw * 1e9 / bytes, 100.0 * dec / (bw * 1e9 / bytes), threads);
         Generator gb;
         gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
