@@ -58,7 +58,7 @@ static int run_bench(const InferOptions *o) {
         double f = forward_flops_per_token(&c, true), pre, dec;
         Generator g;
         gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
-        bench_generate(&g, 512, &pre, &dec);
+        bench_generate(&g, 2048, &pre, &dec);
         gen_close(&g);
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
@@ -70,7 +70,7 @@ static int run_bench(const InferOptions *o) {
                    bytes / 1e6, bw, threads, bw1, bw * 1e9 / bytes, 100.0 * dec / (bw * 1e9 / bytes), threads);
         Generator gb;
         gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
-        bench_generate(&gb, 128, &pre, &dec);
+        bench_generate(&gb, 256, &pre, &dec);
         gen_close(&gb);
         printf("%-13s generate B 8 (%s): prefill %6.0f tok/s, generation %6.0f tok/s (all rows)\n", name.c_str(),
                o->device.c_str(), pre, dec);
