@@ -675,7 +675,7 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 
 // Threads own blocks of CONV_BLOCK channels; a block's taps are copied to
 // wt[j][c] so the inner loops run over contiguous channels (and vectorise).
-#define CONV_BLOCK 64
+#define CONV_BLOCK 32  // (small enough that every layer has blocks for both threads)
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * Cc >= PAR_MIN)
@@ -1067,10 +1067,10 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
         for (int j = 0; j < E; j++) dot += d[j] * w[j] * yr[j] * silu(zr[j]) * rs;
         dot /= E;
         for (int j = 0; j < E; j++) {
-            float sz = silu(zr[j]), n = yr[j] * sz * rs;
+            float s = sigmoidf_(zr[j]), sz = zr[j] * s, n = yr[j] * sz * rs;  // silu(z), its derivative from one sigmoid
             float dg = rs * (d[j] * w[j] - n * dot);
             dy[(size_t)r * E + j] += dg * sz;
-            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
+            dz[(size_t)r * dz_stride + j] += dg * yr[j] * (s * (1.0f + zr[j] * (1.0f - s)));
         }
     }
     sum_rows_into(dw, BT, E, [&](int r, int j) {
