@@ -8,7 +8,6 @@
 // `./infer --help` lists the flags.
 #include "model.h"
 #include "data/tasks.h"
-#include <omp.h>
 #include <sys/resource.h>
 
 #define PREFILL_PIECE 1024

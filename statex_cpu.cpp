@@ -33,9 +33,7 @@ static inline float silu(float x) { return x * sigmoidf_(x); }
 static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
 
 // ----------------------------------------------------------------------------
-// buffers: zero n floats; move recurrent states between the per-sequence
-// layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
-// (flat == nullptr with to_chunked: zeros, a fresh start)
+// shared by the ops: when a loop is worth threads; a dot product
 
 // An op with less than about PAR_MIN floats of work runs on the calling thread
 // alone (its `if` clause): starting and joining the threads would cost more
@@ -59,6 +57,11 @@ static inline float dot(const float *a, const float *b, int n) {
     for (; i < n; i++) s[0] += a[i] * b[i];
     return s[0];
 }
+
+// ----------------------------------------------------------------------------
+// buffers: zero n floats; move recurrent states between the per-sequence
+// layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
+// (flat == nullptr with to_chunked: zeros, a fresh start)
 
 static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
 static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
