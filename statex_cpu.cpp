@@ -1070,10 +1070,10 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
         for (int j = 0; j < E; j++) dot += d[j] * w[j] * yr[j] * silu(zr[j]) * rs;
         dot /= E;
         for (int j = 0; j < E; j++) {
-            float s = sigmoidf_(zr[j]), sz = zr[j] * s, n = yr[j] * sz * rs;  // silu(z), its derivative from one sigmoid
+            float sz = silu(zr[j]), n = yr[j] * sz * rs;
             float dg = rs * (d[j] * w[j] - n * dot);
             dy[(size_t)r * E + j] += dg * sz;
-            dz[(size_t)r * dz_stride + j] += dg * yr[j] * (s * (1.0f + zr[j] * (1.0f - s)));
+            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
         }
     }
     sum_rows_into(dw, BT, E, [&](int r, int j) {
