@@ -107,7 +107,9 @@ inline float rng_normal(Rng *r) {  // Box-Muller
 // |g| <= ln2/2, then a degree-7 Taylor series; relative error below 1e-7.
 // A NaN goes through as NaN (the clamp keeps it, g carries it to the result);
 // n is taken from 0 instead, since converting NaN to int is undefined.
-inline float exp_fast(float x) {
+// always_inline: in a long function (the SSD passes) g++ would otherwise call
+// it, and a loop with a call in it does not vectorise.
+__attribute__((always_inline)) inline float exp_fast(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     float n = std::rint((x == x ? x : 0.0f) * 1.44269504088896341f);
     float g = std::fma(n, -0.693145751953125f, x);        // ln2 split in a high part
@@ -894,7 +896,7 @@ void state_zero(const Config *c, RecState *s);
 void state_free(RecState *s);
 size_t state_floats(const Config *c, int l, int B);
 // the measured float32 GEMM rate of this machine (Eigen, all threads), GFLOP/s
-double gemm_gflops(int M, int N, int K);
+double gemm_gflops(int M, int N, int K, double seconds);
 // floats of scan scratch one parallel task needs for this config (the largest layer)
 size_t scan_work_floats(const Config *c);
 // StateX: expand the state of every `every`-th layer (statex_cpu.cpp has the

@@ -33,29 +33,33 @@ static inline float silu(float x) { return x * sigmoidf_(x); }
 static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
 
 // ----------------------------------------------------------------------------
-// shared by the ops: when a loop is worth threads; a dot product
+// shared by the ops: when a loop is worth threads; sums along a row
 
 // An op with less than about PAR_MIN floats of work runs on the calling thread
 // alone (its `if` clause): starting and joining the threads would cost more
 // than they save. A decode step (one token per sequence) is mostly such ops.
 #define PAR_MIN 16384
 
-// <a, b> in 4 x 16 partial sums, added up as a tree: the loads vectorise and
-// no add waits on the one before (a plain running sum does neither). The
-// order is fixed by n alone.
-static inline float dot(const float *a, const float *b, int n) {
+// sum_{i<n} f(i) in 4 x 16 partial sums, added up as a tree: the terms
+// vectorise and no add waits on the one before (a plain running sum does
+// neither: without -ffast-math the compiler must keep its order). The order
+// is fixed by n alone, so results stay the same run to run.
+template <typename F> static inline float sum_of(int n, F f) {
     float acc[4][16] = {}, s[16];
     int i = 0;
     for (; i + 64 <= n; i += 64)
         for (int k = 0; k < 4; k++)
-            for (int l = 0; l < 16; l++) acc[k][l] += a[i + 16 * k + l] * b[i + 16 * k + l];
+            for (int l = 0; l < 16; l++) acc[k][l] += f(i + 16 * k + l);
     for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[0][l] += a[i + l] * b[i + l];
+        for (int l = 0; l < 16; l++) acc[0][l] += f(i + l);
     for (int l = 0; l < 16; l++) s[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
     for (int half = 8; half >= 1; half /= 2)
         for (int l = 0; l < half; l++) s[l] += s[l + half];
-    for (; i < n; i++) s[0] += a[i] * b[i];
+    for (; i < n; i++) s[0] += f(i);
     return s[0];
+}
+static inline float dot(const float *a, const float *b, int n) {
+    return sum_of(n, [&](int i) { return a[i] * b[i]; });
 }
 
 // ----------------------------------------------------------------------------
@@ -103,21 +107,22 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D;
         float *y = out + (size_t)i * D;
-        float ss = 0;
-        for (int j = 0; j < D; j++) ss += x[j] * x[j];
-        float r = 1.0f / sqrtf(ss / D + RMS_EPS);
+        float r = 1.0f / sqrtf(dot(x, x, D) / D + RMS_EPS);
         rstd[i] = r;
         for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
     }
 }
 
 // Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
-// owning blocks of columns (so the order of every sum is fixed).
+// owning blocks of columns (so the order of every sum is fixed). A block is
+// SUM_COLS wide: walking the rows one cache line at a time would wait on
+// memory at every row, a wider block reads each row as one stream.
+#define SUM_COLS 128
 template <typename F> static void sum_rows_into(float *dst, int rows, int cols, F f) {
     #pragma omp parallel for schedule(dynamic)
-    for (int j0 = 0; j0 < cols; j0 += 16) {
-        int j1 = std::min(cols, j0 + 16);
-        float acc[16] = {0};
+    for (int j0 = 0; j0 < cols; j0 += SUM_COLS) {
+        int j1 = std::min(cols, j0 + SUM_COLS);
+        float acc[SUM_COLS] = {0};
         for (int i = 0; i < rows; i++)
             for (int j = j0; j < j1; j++) acc[j - j0] += f(i, j);
         for (int j = j0; j < j1; j++) dst[j] += acc[j - j0];
@@ -129,10 +134,8 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * D, *dy = dout + (size_t)i * D;
         float *dx = dinp + (size_t)i * D;
-        float r = rstd[i], dot = 0;
-        for (int j = 0; j < D; j++) dot += dy[j] * w[j] * x[j] * r;
-        dot /= D;
-        for (int j = 0; j < D; j++) dx[j] += r * (dy[j] * w[j] - x[j] * r * dot);
+        float r = rstd[i], mean_gn = sum_of(D, [&](int j) { return dy[j] * w[j] * x[j] * r; }) / D;
+        for (int j = 0; j < D; j++) dx[j] += r * (dy[j] * w[j] - x[j] * r * mean_gn);
     }
     sum_rows_into(dw, N, D, [&](int i, int j) { return dout[(size_t)i * D + j] * inp[(size_t)i * D + j] * rstd[i]; });
 }
@@ -395,12 +398,11 @@ static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const 
         const float *qt = q + (row0 + t) * K + h * hk, *ct = w->cum + t * hk;
         for (int s = 0; s <= t; s++) {
             const float *ks = k + (row0 + s) * K + h * hk, *cs = w->cum + s * hk;
-            float *e = w->E + ((size_t)t * GLA_CHUNK + s) * hk, dot = 0;
-            for (int i = 0; i < hk; i++) {
+            float *e = w->E + ((size_t)t * GLA_CHUNK + s) * hk;
+            w->A[t * GLA_CHUNK + s] = scale * sum_of(hk, [&](int i) {
                 e[i] = exp_fast(ct[i] - cs[i]);
-                dot += qt[i] * ks[i] * e[i];
-            }
-            w->A[t * GLA_CHUNK + s] = scale * dot;
+                return qt[i] * ks[i] * e[i];
+            });
         }
     }
 }
@@ -495,12 +497,11 @@ static void gla_chunk_backward_intra(GlaWork *w, const GlaChunk *ch, float *dv, 
         for (int s = 0; s <= t; s++) {
             const float *vs = v + (row0 + s) * V + h * hv;
             float *dvs = dv + (row0 + s) * V + h * hv;
-            float score = w->A[t * C + s], d = 0;
-            for (int j = 0; j < hv; j++) {
-                d += dot[j] * vs[j];
+            float score = w->A[t * C + s];
+            w->dA[t * C + s] = ch->scale * sum_of(hv, [&](int j) {
                 dvs[j] += score * dot[j];
-            }
-            w->dA[t * C + s] = ch->scale * d;
+                return dot[j] * vs[j];
+            });
         }
     }
     for (int t = 0; t < ch->len; t++) {
@@ -528,8 +529,7 @@ static void gla_chunk_backward_inter(GlaWork *w, const GlaChunk *ch, float *dv, 
         const float *dot = dout + (row0 + t) * V + h * hv, *ct = w->cum + t * hk;
         for (int i = 0; i < hk; i++) {
             const float *Si = Sin + (size_t)i * hv;
-            float d = 0;
-            for (int j = 0; j < hv; j++) d += Si[j] * dot[j];
+            float d = sum_of(hv, [&](int j) { return Si[j] * dot[j]; });
             w->dq_local[t * hk + i] += ch->scale * exp_fast(ct[i]) * d;
         }
     }
@@ -537,12 +537,12 @@ static void gla_chunk_backward_inter(GlaWork *w, const GlaChunk *ch, float *dv, 
         const float *ks = k + (row0 + s) * K + h * hk, *vs = v + (row0 + s) * V + h * hv, *cs = w->cum + s * hk;
         float *dvs = dv + (row0 + s) * V + h * hv;
         for (int i = 0; i < hk; i++) {
-            float e = exp_fast(clast[i] - cs[i]), d = 0;
+            float e = exp_fast(clast[i] - cs[i]);
             const float *dSi = w->dS + (size_t)i * hv;
-            for (int j = 0; j < hv; j++) {
-                d += dSi[j] * vs[j];
+            float d = sum_of(hv, [&](int j) {
                 dvs[j] += dSi[j] * ks[i] * e;
-            }
+                return dSi[j] * vs[j];
+            });
             w->dk_local[s * hk + i] += e * d;
         }
     }
@@ -636,9 +636,7 @@ static void head_norm_gate_forward(float *out, float *rstd, const float *o, cons
     #pragma omp parallel for if ((size_t)BT * H * dv >= PAR_MIN)
     for (int r = 0; r < BT * H; r++) {
         size_t off = (size_t)r * dv;
-        float ss = 0;
-        for (int j = 0; j < dv; j++) ss += o[off + j] * o[off + j];
-        float rs = 1.0f / sqrtf(ss / dv + RMS_EPS);
+        float rs = 1.0f / sqrtf(dot(o + off, o + off, dv) / dv + RMS_EPS);
         rstd[r] = rs;
         for (int j = 0; j < dv; j++) out[off + j] = o[off + j] * rs * w[j] * silu(og[off + j]);
     }
@@ -649,12 +647,11 @@ static void head_norm_gate_backward(float *do_, float *dog, float *dw, const flo
     #pragma omp parallel for
     for (int r = 0; r < BT * H; r++) {
         size_t off = (size_t)r * dv;
-        float rs = rstd[r], dot = 0;
-        for (int j = 0; j < dv; j++) dot += dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs;
-        dot /= dv;
+        float rs = rstd[r];
+        float mean_gn = sum_of(dv, [&](int j) { return dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs; }) / dv;
         for (int j = 0; j < dv; j++) {
             float n = o[off + j] * rs;
-            do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * dot);
+            do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * mean_gn);
             dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
         }
     }
@@ -678,7 +675,9 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 
 // Threads own blocks of CONV_BLOCK channels; a block's taps are copied to
 // wt[j][c] so the inner loops run over contiguous channels (and vectorise).
-#define CONV_BLOCK 32  // (small enough that every layer has blocks for both threads)
+// A block walks the rows of its sequence, so it is wide (1 KB of each row):
+// narrow blocks wait on memory at every row (32 channels took twice as long).
+#define CONV_BLOCK 256
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * Cc >= PAR_MIN)
@@ -1033,7 +1032,7 @@ static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float
         for (int r = 0; r < BT; r++) {
             ddt[(size_t)r * nh + h] += A * dlda[(size_t)r * nh + h];
             sa += dt[(size_t)r * nh + h] * A * dlda[(size_t)r * nh + h];
-            for (int p = 0; p < P; p++) sd += dy[(size_t)r * E + h * P + p] * xbc[(size_t)r * Cc + h * P + p];
+            sd += dot(dy + (size_t)r * E + h * P, xbc + (size_t)r * Cc + h * P, P);
         }
         dA_log[h] += sa;
         dD[h] += sd;
@@ -1049,13 +1048,9 @@ static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const
     #pragma omp parallel for if ((size_t)BT * E >= PAR_MIN)
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
-        float *o = out + (size_t)r * E, ss = 0;
-        for (int j = 0; j < E; j++) {
-            float g = yr[j] * silu(zr[j]);
-            o[j] = g;
-            ss += g * g;
-        }
-        float rs = 1.0f / sqrtf(ss / E + RMS_EPS);
+        float *o = out + (size_t)r * E;
+        for (int j = 0; j < E; j++) o[j] = yr[j] * silu(zr[j]);
+        float rs = 1.0f / sqrtf(dot(o, o, E) / E + RMS_EPS);
         rstd[r] = rs;
         for (int j = 0; j < E; j++) o[j] = o[j] * rs * w[j];
     }
@@ -1066,12 +1061,10 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
-        float rs = rstd[r], dot = 0;
-        for (int j = 0; j < E; j++) dot += d[j] * w[j] * yr[j] * silu(zr[j]) * rs;
-        dot /= E;
+        float rs = rstd[r], mean_gn = sum_of(E, [&](int j) { return d[j] * w[j] * yr[j] * silu(zr[j]) * rs; }) / E;
         for (int j = 0; j < E; j++) {
             float sz = silu(zr[j]), n = yr[j] * sz * rs;
-            float dg = rs * (d[j] * w[j] - n * dot);
+            float dg = rs * (d[j] * w[j] - n * mean_gn);
             dy[(size_t)r * E + j] += dg * sz;
             dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
         }
@@ -1439,11 +1432,11 @@ std::string expand_model(const Config *in, const float *params_in, const std::st
 }
 
 // ----------------------------------------------------------------------------
-// for the benchmarks: the machine's float32 GEMM rate at one shape, this run,
-// in GFLOP/s: the faster of Eigen's own parallel GEMM and matmul_forward (its
-// row blocks, one thread each), so "% of GEMM" is measured against the best
-// product this machine gives us now, never a slow reference.
-double gemm_gflops(int M, int N, int K) {
+// for the benchmarks: the machine's float32 GEMM rate at one shape, now, in
+// GFLOP/s, each way timed for `seconds`: the faster of Eigen's own parallel
+// GEMM and matmul_forward (its row blocks, one thread each), so "% of GEMM"
+// is measured against the best product this machine gives us, never a slow one.
+double gemm_gflops(int M, int N, int K, double seconds) {
     MatRM a = MatRM::Random(M, K), b = MatRM::Random(N, K), c(M, N);
     auto rate = [&](bool ours) {
         auto product = [&] {
@@ -1457,7 +1450,7 @@ double gemm_gflops(int M, int N, int K) {
             product();
             reps++;
             t = now_seconds() - t0;
-        } while (t < 0.5);
+        } while (t < seconds);
         return 2.0 * M * N * K * reps / t / 1e9;
     };
     return std::max(rate(false), rate(true));

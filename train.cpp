@@ -255,16 +255,23 @@ static int run_debug_state(const Options *o) {
 // ----------------------------------------------------------------------------
 // --bench: training throughput at B 8, T 512
 
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 static int run_bench(const Options *o) {
     std::vector<std::string> names;
     if (!o->preset.empty()) names.push_back(o->preset);
     else names = {"gla-small", "mamba2-small"};
-    int B = 8, T = 512, steps = 5;
+    int B = 8, T = 512, steps = 8;
     bool cuda = o->device == "cuda";
     if (!cuda) {
+        // Each step is followed by a short GEMM timing, and both figures are
+        // medians over the steps: on a shared machine the speed drifts within
+        // seconds, so only figures taken side by side make a fair ratio.
         printf("machine: %s\n", machine_line().c_str());
-        double g = cpu::gemm_gflops(B * T, 768, 256);
-        printf("best float32 GEMM (%d x 768 x 256: Eigen parallel or our row blocks, this run) on %d threads: %.1f GFLOP/s\n", B * T, omp_get_max_threads(), g);
         Ops timed = timed_cpu_ops();  // --profile: the same passes over timed ops
         for (const std::string &name : names) {
             Config c;
@@ -278,6 +285,7 @@ static int run_bench(const Options *o) {
             for (size_t i = 0; i < in.size(); i++) { in[i] = rng_int(&rng, 128); tg[i] = rng_int(&rng, 128); }
             AdamWConfig opt;
             double t_total = 0;
+            std::vector<double> step_s, gemm;
             op_profile() = OpProfile();
             for (int s = 0; s <= steps; s++) {  // step 0 warms up
                 if (s == 1) op_profile() = OpProfile();
@@ -296,15 +304,21 @@ static int run_bench(const Options *o) {
                     (void)cpu::model_grad_norm(&m);
                     cpu::model_update(&m, 1e-4f, 1.0f, s + 1, &opt);
                 }
-                if (s > 0) t_total += now_seconds() - t0;
+                if (s > 0) {
+                    step_s.push_back(now_seconds() - t0);
+                    t_total += step_s.back();
+                    gemm.push_back(cpu::gemm_gflops(B * T, 768, 256, 0.15));
+                }
             }
-            double tps = (double)B * T * steps / t_total, flops = 3 * forward_flops_per_token(&c, false);
-            printf("%-13s train B %d T %d: %7.0f tokens/s  %5.1f MFLOP/token  %6.1f GFLOP/s (%.0f%% of GEMM)  peak RSS %.0f MB  params %.2fM\n",
-                   name.c_str(), B, T, tps, flops / 1e6, tps * flops / 1e9, 100 * tps * flops / 1e9 / g, peak_rss_mb(), m.num_params / 1e6);
+            double tps = B * T / median(step_s), flops = 3 * forward_flops_per_token(&c, false), g = median(gemm);
+            printf("%-13s train B %d T %d: %7.0f tokens/s  %5.1f MFLOP/token  %6.1f GFLOP/s = %.0f%% of GEMM %.1f GFLOP/s  peak RSS %.0f MB  params %.2fM\n",
+                   name.c_str(), B, T, tps, flops / 1e6, tps * flops / 1e9, 100 * tps * flops / 1e9 / g, g, peak_rss_mb(), m.num_params / 1e6);
             if (o->profile) print_op_profile(t_total);
             cpu::model_free(&m);
         }
-        printf("  model FLOPs/token = 3 x forward; forward = 2 x matmul weights + token mixing (model.h forward_flops_per_token)\n");
+        printf("  medians of %d steps; GEMM: float32 %d x 768 x 256, the faster of Eigen parallel and our row blocks, %d threads,\n"
+               "  timed after each step; model FLOPs/token = 3 x forward; forward = 2 x matmul weights + token mixing\n",
+               steps, B * T, omp_get_max_threads());
         return 0;
     }
     std::string why;
