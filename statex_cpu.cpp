@@ -864,31 +864,33 @@ static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, 
 // one thread's slice; ssd_work(nullptr, ..) only counts, like gla_work.
 struct SsdWork {
     // both passes
-    float *cum;              // [CL] cumulative log decay c_t
+    float *cum, *dts;        // [CL] cumulative log decay c_t; this head's dt
     // forward
     float *M;                // [CL, CL] L ⊙ (Cmat Bmat^T) ⊙ dt_s
     float *CH, *Xw;          // [CL, P] Cmat H_in^T; the decayed, dt-weighted x rows
     // backward
-    float *dH_all, *run;     // [nh, P, N] each head's dH; [nh] each head's running decay gradient
-    float *decay_to_end;     // [CL] e^{c_last - c_t}
-    float *gdiag;            // [CL] the diagonal of G, kept out of the decay identity
-    float *CB, *L, *LCB, *G; // [CL, CL]: Cmat Bmat^T; the mask L; L ⊙ CB; L ⊙ (dY X^T) ⊙ dt_s
-    float *dv, *tP;          // [CL, P]: d v; a temporary
-    float *dC, *dB, *tN;     // [CL, N]: this head's dC, dB; a temporary
+    float *dH_all;           // [nh, P, N] each head's dH
+    float *run, *clast;      // [nh] each head's running decay gradient; its c_last in this chunk
+    float *decay_to_end, *dcum;        // [CL] e^{c_last - c_t}; this head's dL/dc_t
+    float *CB, *L, *LCB, *G, *Gsum;    // [CL, CL]: Cmat Bmat^T; the mask L; L ⊙ CB; L ⊙ (dY X^T) ⊙ dt_s; G over heads
+    float *dv, *tN;                    // [CL, P] this head's dv; [CL, N] a temporary
+    float *dC, *dB;                    // [CL, N] the chunk's dC, dB from the state terms, all heads
+    float *tP, *Xw_all, *dYs_all;      // [CL, nh P]: Bmat dH^T; diag(e^{c_last - c} dt) X; diag(e^c) dY (all heads)
     size_t floats;
 };
 static SsdWork ssd_work(float *ws, int nh, int P, int N) {
-    const size_t CL = SSD_CHUNK;
+    const size_t CL = SSD_CHUNK, E = (size_t)nh * P;
     SsdWork w;
     size_t off = 0;
     auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
-    take(&w.cum, CL);
+    take(&w.cum, CL); take(&w.dts, CL);
     take(&w.M, CL * CL); take(&w.CH, CL * P); take(&w.Xw, CL * P);
-    take(&w.dH_all, (size_t)nh * P * N); take(&w.run, nh);
-    take(&w.decay_to_end, CL); take(&w.gdiag, CL);
-    take(&w.CB, CL * CL); take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL);
-    take(&w.dv, CL * P); take(&w.tP, CL * P);
-    take(&w.dC, CL * N); take(&w.dB, CL * N); take(&w.tN, CL * N);
+    take(&w.dH_all, E * N); take(&w.run, nh); take(&w.clast, nh);
+    take(&w.decay_to_end, CL); take(&w.dcum, CL);
+    take(&w.CB, CL * CL); take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL); take(&w.Gsum, CL * CL);
+    take(&w.dv, CL * P); take(&w.tN, CL * N);
+    take(&w.dC, CL * N); take(&w.dB, CL * N);
+    take(&w.tP, CL * E); take(&w.Xw_all, CL * E); take(&w.dYs_all, CL * E);
     w.floats = off;
     return w;
 }
@@ -905,26 +907,29 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
-            float A = -expf(A_log[h]), *cum = w.cum;
+            float A = -expf(A_log[h]), *cum = w.cum, *dts = w.dts;
             float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
             for (int c = 0; c < nc; c++) {
                 size_t row0 = (size_t)b * T + (size_t)c * CL;
                 int len = std::min(CL, T - c * CL);
-                auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
                 const float *base = xbc + row0 * Cc;
                 RowsC X = rows_c(base + h * P, len, P, Cc), Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
                 Rows Y = rows(y + row0 * E + h * P, len, P, E);
                 MapCM Hin(Hbh + (size_t)c * P * N, P, N);
                 MapM Hout(Hbh + (size_t)(c + 1) * P * N, P, N), M(w.M, len, len), CH(w.CH, len, P), Xw(w.Xw, len, P);
-                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
+                for (int t = 0; t < len; t++) dts[t] = dt[(row0 + t) * nh + h];
+                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dts[t] * A;
                 float clast = cum[len - 1];
                 M.noalias() = Cmat * Bmat.transpose();
-                for (int t = 0; t < len; t++)
-                    for (int s = 0; s < len; s++) M(t, s) = s <= t ? M(t, s) * exp_fast(cum[t] - cum[s]) * DT(s) : 0.0f;
+                for (int t = 0; t < len; t++) {
+                    float *Mt = &M(t, 0);
+                    for (int s = 0; s <= t; s++) Mt[s] *= exp_fast(cum[t] - cum[s]) * dts[s];
+                    for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
+                }
                 Y.noalias() = M * X;
                 CH.noalias() = Cmat * Hin.transpose();
                 for (int t = 0; t < len; t++) Y.row(t) += exp_fast(cum[t]) * CH.row(t) + Dskip[h] * X.row(t);
-                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * DT(s));
+                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dts[s]);
                 Hout.noalias() = Xw.transpose() * Bmat;
                 Hout += exp_fast(clast) * Hin;
             }
@@ -940,10 +945,15 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
 //     dB   += G^T Cmat + diag(e^{c_last - c} dt) X dH
 //     dH_in = e^{c_last} dH + (diag(e^c) dY)^T Cmat
 // As in GLA, the decay enters only through differences of the global cumulative
-// sum, so dL/dcum_t = ⟨C_t, dC_t⟩ - ⟨B_t, dB_t⟩ (this head's parts of dC, dB),
+// sum, so dL/dc_t = ⟨C_t, dC_t⟩ - ⟨B_t, dB_t⟩ (this head's parts of dC, dB),
 // and dlda_t, the gradient of the log decay dt_t A, is its reverse running sum.
-// Threads own whole sequences, so the shared B, C gradients need no locks; the
-// heads share one Cmat Bmat^T per chunk, and each carries its own dH.
+// The G parts of those inner products are row and column sums of G ⊙ CB; the
+// diagonal adds the same G_tt CB_tt to both, so it is left out (in float32 the
+// two would not cancel exactly).
+// B and C are shared by all heads, so the products with Bmat and Cmat run once
+// per chunk over all heads side by side: Bmat dH^T and X dH over the stacked dH
+// of every head, G Bmat over the sum of the heads' G, dY^T Cmat over all heads'
+// dY. Threads own whole sequences, so the shared B, C gradients need no locks.
 static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                                const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                                int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
@@ -952,69 +962,79 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
     #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {
         SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
-        float *cum = w.cum, *ec = w.decay_to_end;
-        zero(w.dH_all, (size_t)nh * P * N);
+        float *cum = w.cum, *ec = w.decay_to_end, *dts = w.dts, *dcum = w.dcum;
+        zero(w.dH_all, (size_t)E * N);
         zero(w.run, nh);
+        MapM dH_all(w.dH_all, E, N);
         for (int c = nc - 1; c >= 0; c--) {
             size_t row0 = (size_t)b * T + (size_t)c * CL;
             int len = std::min(CL, T - c * CL);
             const float *base = xbc + row0 * Cc;
             RowsC Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
-            Rows dBrows = rows(dxbc + row0 * Cc + E, len, N, Cc), dCrows = rows(dxbc + row0 * Cc + E + N, len, N, Cc);
-            MapM CB(w.CB, len, len), L(w.L, len, len), LCB(w.LCB, len, len), G(w.G, len, len);
-            MapM dv(w.dv, len, P), tP(w.tP, len, P), dCh(w.dC, len, N), dBh(w.dB, len, N), tN(w.tN, len, N);
+            MapM CB(w.CB, len, len), L(w.L, len, len), LCB(w.LCB, len, len), G(w.G, len, len), Gsum(w.Gsum, len, len);
+            MapM dv(w.dv, len, P), tN(w.tN, len, N), dC(w.dC, len, N), tP(w.tP, len, E), Xw(w.Xw_all, len, E), dYs(w.dYs_all, len, E);
             CB.noalias() = Cmat * Bmat.transpose();
+            tP.noalias() = Bmat * dH_all.transpose();  // every head's Bmat dH^T, before dH moves back a chunk
+            Gsum.setZero();
+            dC.setZero();
             for (int h = 0; h < nh; h++) {
                 float A = -expf(A_log[h]);
-                auto DT = [&](int t) { return dt[(row0 + t) * nh + h]; };
                 RowsC X = rows_c(base + h * P, len, P, Cc), dY = rows_c(dy + row0 * E + h * P, len, P, E);
                 Rows dX = rows(dxbc + row0 * Cc + h * P, len, P, Cc);
                 MapCM Hin(hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N, P, N);
-                MapM dH(w.dH_all + (size_t)h * P * N, P, N);
-                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + DT(t) * A;
-                float clast = cum[len - 1];
+                for (int t = 0; t < len; t++) dts[t] = dt[(row0 + t) * nh + h];
+                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dts[t] * A;
+                float clast = w.clast[h] = cum[len - 1];
                 for (int t = 0; t < len; t++) ec[t] = exp_fast(clast - cum[t]);
-                for (int t = 0; t < len; t++)
-                    for (int s = 0; s < len; s++) L(t, s) = s <= t ? exp_fast(cum[t] - cum[s]) : 0.0f;
+                for (int t = 0; t < len; t++) {
+                    float *Lt = &L(t, 0);
+                    for (int s = 0; s <= t; s++) Lt[s] = exp_fast(cum[t] - cum[s]);
+                    for (int s = t + 1; s < len; s++) Lt[s] = 0.0f;
+                }
                 // dv, then dX and ddt
                 LCB.noalias() = L.cwiseProduct(CB);
                 dv.noalias() = LCB.transpose() * dY;
-                tP.noalias() = Bmat * dH.transpose();
-                for (int s = 0; s < len; s++) dv.row(s) += ec[s] * tP.row(s);
                 for (int s = 0; s < len; s++) {
-                    dX.row(s) += DT(s) * dv.row(s) + Dskip[h] * dY.row(s);
+                    dv.row(s) += ec[s] * tP.row(s).segment(h * P, P);
+                    dX.row(s) += dts[s] * dv.row(s) + Dskip[h] * dY.row(s);
                     ddt[(row0 + s) * nh + h] += X.row(s).dot(dv.row(s));
                 }
-                // G, then dC and dB of this head. The diagonal G_tt adds the
-                // same G_tt ⟨C_t, B_t⟩ to both sides of the decay identity; it
-                // is left out there (in float32 the two would not cancel
-                // exactly) and added to dB, dC afterwards.
+                // G, summed over heads for dC and dB; its part of dL/dc
                 G.noalias() = dY * X.transpose();
-                for (int t = 0; t < len; t++)
-                    for (int s = 0; s < len; s++) G(t, s) *= L(t, s) * DT(s);
-                for (int t = 0; t < len; t++) { w.gdiag[t] = G(t, t); G(t, t) = 0; }
-                dCh.noalias() = G * Bmat;
+                for (int t = 0; t < len; t++) dcum[t] = 0;
+                for (int t = 0; t < len; t++) {
+                    float *Gt = &G(t, 0);
+                    const float *Lt = &L(t, 0), *CBt = &CB(t, 0);
+                    for (int s = 0; s < len; s++) Gt[s] *= Lt[s] * dts[s];
+                    dcum[t] += sum_of(t, [&](int s) {  // s < t: the diagonal is left out
+                        float g = Gt[s] * CBt[s];
+                        dcum[s] -= g;
+                        return g;
+                    });
+                }
+                Gsum += G;
+                // the state terms: dC gets diag(e^c) dY H_in; dB's part waits for X dH below
                 tN.noalias() = dY * Hin;
-                for (int t = 0; t < len; t++) dCh.row(t) += exp_fast(cum[t]) * tN.row(t);
-                dBh.noalias() = G.transpose() * Cmat;
-                tN.noalias() = X * dH;
-                for (int s = 0; s < len; s++) dBh.row(s) += ec[s] * DT(s) * tN.row(s);
-                // dH for the previous chunk
-                for (int t = 0; t < len; t++) tP.row(t) = exp_fast(cum[t]) * dY.row(t);
-                dH *= exp_fast(clast);
-                dH.noalias() += tP.transpose() * Cmat;
-                // the decay gradient as a reverse running sum; then write dB, dC
+                for (int t = 0; t < len; t++) {
+                    float e = exp_fast(cum[t]);
+                    dC.row(t) += e * tN.row(t);
+                    dcum[t] += e * Cmat.row(t).dot(tN.row(t)) - ec[t] * dts[t] * X.row(t).dot(tP.row(t).segment(h * P, P));
+                    Xw.row(t).segment(h * P, P) = (ec[t] * dts[t]) * X.row(t);
+                    dYs.row(t).segment(h * P, P) = e * dY.row(t);
+                }
                 for (int t = len - 1; t >= 0; t--) {
-                    w.run[h] += Cmat.row(t).dot(dCh.row(t)) - Bmat.row(t).dot(dBh.row(t));
+                    w.run[h] += dcum[t];
                     dlda[(row0 + t) * nh + h] += w.run[h];
                 }
-                for (int t = 0; t < len; t++) {
-                    dCh.row(t) += w.gdiag[t] * Bmat.row(t);
-                    dBh.row(t) += w.gdiag[t] * Cmat.row(t);
-                }
-                dBrows += dBh;
-                dCrows += dCh;
             }
+            // the heads together: dC, dB, then dH for the previous chunk
+            Rows dBrows = rows(dxbc + row0 * Cc + E, len, N, Cc), dCrows = rows(dxbc + row0 * Cc + E + N, len, N, Cc);
+            dCrows += dC;
+            dCrows.noalias() += Gsum * Bmat;
+            dBrows.noalias() += Gsum.transpose() * Cmat;
+            dBrows.noalias() += Xw * dH_all;
+            for (int h = 0; h < nh; h++) MapM(w.dH_all + (size_t)h * P * N, P, N) *= exp_fast(w.clast[h]);
+            dH_all.noalias() += dYs.transpose() * Cmat;
         }
     }
 }
