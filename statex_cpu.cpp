@@ -67,7 +67,11 @@ static inline float dot(const float *a, const float *b, int n) {
 // layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
 // (flat == nullptr with to_chunked: zeros, a fresh start)
 
-static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
+static void zero(float *p, size_t n) {  // in blocks, so that both threads write (a memset is one thread's bandwidth)
+    const size_t block = 1 << 16;
+    #pragma omp parallel for schedule(static) if (n >= 2 * block)
+    for (size_t i = 0; i < n; i += block) memset(p + i, 0, std::min(block, n - i) * sizeof(float));
+}
 static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
     for (int i = 0; i < BH; i++) {
         float *a = chunked + ((size_t)i * nslot + slot) * X, *b = flat ? flat + (size_t)i * X : nullptr;
@@ -220,9 +224,22 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
 // GLA forget gate: a = logsigmoid(x) / 16  (a <= 0 is the log of the decay)
 // logsigmoid(x) = min(x, 0) - log(1 + e^-|x|);  d/dx = sigmoid(-x)
 
+// log(1 + y) for 0 <= y <= 1 in a form that vectorises (libm's log1pf does
+// not): u = 1 + y = 2^e m with m in [1/sqrt2, sqrt2], log m = 2 atanh(f/(2+f))
+// with f = m - 1, |f/(2+f)| <= 0.172, so five odd terms reach float precision.
+// u rounds y; the factor y / (u - 1) (exact here) puts the lost bits back.
+static inline float log1p_unit(float y) {
+    float u = 1.0f + y;
+    if (u == 1.0f) return y;
+    bool big = u > 1.41421356f;
+    float m = big ? 0.5f * u : u, f = m - 1.0f, s = f / (2.0f + f), s2 = s * s;
+    float series = s * (2.0f + s2 * (2.0f / 3 + s2 * (2.0f / 5 + s2 * (2.0f / 7 + s2 * (2.0f / 9)))));
+    return ((big ? 0.69314718f : 0.0f) + series) * (y / (u - 1.0f));
+}
+
 static void gla_gate_forward(float *a, const float *x, size_t n) {
     #pragma omp parallel for if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1pf(exp_fast(-fabsf(x[i])))) / 16.0f;
+    for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1p_unit(exp_fast(-fabsf(x[i])))) / 16.0f;
 }
 static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
     #pragma omp parallel for
