@@ -1060,19 +1060,29 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
 // dt_t A_h with A_h = -exp(A_log[h]), so from its gradient dlda:
 //     ddt_t += A_h dlda_t,   dA_log[h] += sum_t dt_t A_h dlda_t
 // and the skip y += D x gives dD[h] += sum_t ⟨dy_t, x_t⟩ over the head's channels.
+// Threads own groups of HEAD_GROUP heads and walk the rows once for the whole
+// group (a row's heads lie side by side); each head's sums still run over the
+// rows in order.
+#define HEAD_GROUP 4
 static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float *dlda, const float *dy, const float *xbc,
                         const float *dt, const float *A_log, int BT, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for
-    for (int h = 0; h < nh; h++) {
-        float A = -expf(A_log[h]), sa = 0, sd = 0;
-        for (int r = 0; r < BT; r++) {
-            ddt[(size_t)r * nh + h] += A * dlda[(size_t)r * nh + h];
-            sa += dt[(size_t)r * nh + h] * A * dlda[(size_t)r * nh + h];
-            sd += dot(dy + (size_t)r * E + h * P, xbc + (size_t)r * Cc + h * P, P);
+    #pragma omp parallel for schedule(dynamic)
+    for (int h0 = 0; h0 < nh; h0 += HEAD_GROUP) {
+        int ng = std::min(HEAD_GROUP, nh - h0);
+        float A[HEAD_GROUP], sa[HEAD_GROUP] = {0}, sd[HEAD_GROUP] = {0};
+        for (int g = 0; g < ng; g++) A[g] = -expf(A_log[h0 + g]);
+        for (int r = 0; r < BT; r++)
+            for (int g = 0; g < ng; g++) {
+                size_t i = (size_t)r * nh + h0 + g;
+                ddt[i] += A[g] * dlda[i];
+                sa[g] += dt[i] * A[g] * dlda[i];
+                sd[g] += dot(dy + (size_t)r * E + (h0 + g) * P, xbc + (size_t)r * Cc + (h0 + g) * P, P);
+            }
+        for (int g = 0; g < ng; g++) {
+            dA_log[h0 + g] += sa[g];
+            dD[h0 + g] += sd[g];
         }
-        dA_log[h] += sa;
-        dD[h] += sd;
     }
 }
 
