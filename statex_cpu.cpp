@@ -876,12 +876,13 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
 static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
-// The scratch of one task in the chunked SSD passes (the forward's task is a
-// (sequence, head), the backward's a whole sequence, all heads), carved from
-// one thread's slice; ssd_work(nullptr, ..) only counts, like gla_work.
+// The scratch of one task in the chunked SSD passes (the forward's tasks are a
+// (sequence, chunk) or a (sequence, head), the backward's a whole sequence),
+// carved from one thread's slice; ssd_work(nullptr, ..) only counts, like gla_work.
 struct SsdWork {
     // both passes
     float *cum, *dts;        // [CL] cumulative log decay c_t; this head's dt
+    float *CB;               // [CL, CL] Cmat Bmat^T, shared by the heads
     // forward
     float *M;                // [CL, CL] L ⊙ (Cmat Bmat^T) ⊙ dt_s
     float *CH, *Xw;          // [CL, P] Cmat H_in^T; the decayed, dt-weighted x rows
@@ -889,9 +890,9 @@ struct SsdWork {
     float *dH_all;           // [nh, P, N] each head's dH
     float *run, *clast;      // [nh] each head's running decay gradient; its c_last in this chunk
     float *decay_to_end, *dcum;        // [CL] e^{c_last - c_t}; this head's dL/dc_t
-    float *CB, *L, *LCB, *G, *Gsum;    // [CL, CL]: Cmat Bmat^T; the mask L; L ⊙ CB; L ⊙ (dY X^T) ⊙ dt_s; G over heads
+    float *L, *LCB, *G, *Gsum;         // [CL, CL]: the mask L; L ⊙ CB; L ⊙ (dY X^T) ⊙ dt_s; G over heads
     float *dv, *tN;                    // [CL, P] this head's dv; [CL, N] a temporary
-    float *dC, *dB;                    // [CL, N] the chunk's dC, dB from the state terms, all heads
+    float *dC;                         // [CL, N] the chunk's dC from the state terms, all heads
     float *tP, *Xw_all, *dYs_all;      // [CL, nh P]: Bmat dH^T; diag(e^{c_last - c} dt) X; diag(e^c) dY (all heads)
     size_t floats;
 };
@@ -900,55 +901,91 @@ static SsdWork ssd_work(float *ws, int nh, int P, int N) {
     SsdWork w;
     size_t off = 0;
     auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
-    take(&w.cum, CL); take(&w.dts, CL);
+    take(&w.cum, CL); take(&w.dts, CL); take(&w.CB, CL * CL);
     take(&w.M, CL * CL); take(&w.CH, CL * P); take(&w.Xw, CL * P);
     take(&w.dH_all, E * N); take(&w.run, nh); take(&w.clast, nh);
     take(&w.decay_to_end, CL); take(&w.dcum, CL);
-    take(&w.CB, CL * CL); take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL); take(&w.Gsum, CL * CL);
+    take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL); take(&w.Gsum, CL * CL);
     take(&w.dv, CL * P); take(&w.tN, CL * N);
-    take(&w.dC, CL * N); take(&w.dB, CL * N);
+    take(&w.dC, CL * N);
     take(&w.tP, CL * E); take(&w.Xw_all, CL * E); take(&w.dYs_all, CL * E);
     w.floats = off;
     return w;
 }
 
+// Head h's dt over a chunk's rows, gathered into dts, and the cumulative log
+// decay cum_t = sum_{s<=t} dt_s A; returns c_last. Every pass that needs the
+// decays computes them here, in the same order, so they agree bit for bit.
+static float ssd_chunk_decay(float *dts, float *cum, const float *dt, size_t row0, int len, int nh, int h, float A) {
+    for (int t = 0; t < len; t++) dts[t] = dt[(row0 + t) * nh + h];
+    for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dts[t] * A;
+    return cum[len - 1];
+}
+
 // In matrix form, per chunk and head (X: len x P; Bmat, Cmat: len x N; H: P x N):
 //     M     = L ⊙ (Cmat Bmat^T) ⊙ dt_s        (dt_s scales column s)
-//     Y     = M X + diag(e^c) Cmat H_in^T + D X
+//     Y     = M X + D X + diag(e^c) Cmat H_in^T
 //     H_out = e^{c_last} H_in + (diag(e^{c_last - c} dt) X)^T Bmat
+// in three passes, so that the chunks of a sequence run in parallel and share
+// Cmat Bmat^T across heads: (1) per (sequence, chunk), the chunk's own part of
+// Y and of H_out (what it would be from a zero state); (2) per (sequence,
+// head), the short serial walk over the chunk states, H_out += e^{c_last} H_in;
+// (3) per (sequence, chunk), Y += diag(e^c) Cmat H_in^T.
 static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                               int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
+    auto state = [&](int b, int h, int c) { return hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N; };
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < nc; c++) {
+            SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
+            size_t row0 = (size_t)b * T + (size_t)c * CL;
+            int len = std::min(CL, T - c * CL);
+            const float *base = xbc + row0 * Cc;
+            RowsC Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
+            MapM CB(w.CB, len, len), M(w.M, len, len), Xw(w.Xw, len, P);
+            CB.noalias() = Cmat * Bmat.transpose();
+            for (int h = 0; h < nh; h++) {
+                float *cum = w.cum, *dts = w.dts;
+                float clast = ssd_chunk_decay(dts, cum, dt, row0, len, nh, h, -expf(A_log[h]));
+                RowsC X = rows_c(base + h * P, len, P, Cc);
+                Rows Y = rows(y + row0 * E + h * P, len, P, E);
+                for (int t = 0; t < len; t++) {
+                    float *Mt = &M(t, 0);
+                    const float *CBt = &CB(t, 0);
+                    for (int s = 0; s <= t; s++) Mt[s] = CBt[s] * exp_fast(cum[t] - cum[s]) * dts[s];
+                    for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
+                }
+                Y.noalias() = M * X;
+                for (int t = 0; t < len; t++) Y.row(t) += Dskip[h] * X.row(t);
+                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dts[s]);
+                MapM(state(b, h, c + 1), P, N).noalias() = Xw.transpose() * Bmat;
+            }
+        }
     #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < nh; h++) {
             SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
-            float A = -expf(A_log[h]), *cum = w.cum, *dts = w.dts;
-            float *Hbh = hs + ((size_t)b * nh + h) * (nc + 1) * P * N;
             for (int c = 0; c < nc; c++) {
                 size_t row0 = (size_t)b * T + (size_t)c * CL;
-                int len = std::min(CL, T - c * CL);
-                const float *base = xbc + row0 * Cc;
-                RowsC X = rows_c(base + h * P, len, P, Cc), Bmat = rows_c(base + E, len, N, Cc), Cmat = rows_c(base + E + N, len, N, Cc);
+                float clast = ssd_chunk_decay(w.dts, w.cum, dt, row0, std::min(CL, T - c * CL), nh, h, -expf(A_log[h]));
+                MapM(state(b, h, c + 1), P, N) += exp_fast(clast) * MapCM(state(b, h, c), P, N);
+            }
+        }
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < nc; c++) {
+            SsdWork w = ssd_work(scratch + omp_get_thread_num() * scratch_per_task, nh, P, N);
+            size_t row0 = (size_t)b * T + (size_t)c * CL;
+            int len = std::min(CL, T - c * CL);
+            RowsC Cmat = rows_c(xbc + row0 * Cc + E + N, len, N, Cc);
+            MapM CH(w.CH, len, P);
+            for (int h = 0; h < nh; h++) {
+                ssd_chunk_decay(w.dts, w.cum, dt, row0, len, nh, h, -expf(A_log[h]));
                 Rows Y = rows(y + row0 * E + h * P, len, P, E);
-                MapCM Hin(Hbh + (size_t)c * P * N, P, N);
-                MapM Hout(Hbh + (size_t)(c + 1) * P * N, P, N), M(w.M, len, len), CH(w.CH, len, P), Xw(w.Xw, len, P);
-                for (int t = 0; t < len; t++) dts[t] = dt[(row0 + t) * nh + h];
-                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dts[t] * A;
-                float clast = cum[len - 1];
-                M.noalias() = Cmat * Bmat.transpose();
-                for (int t = 0; t < len; t++) {
-                    float *Mt = &M(t, 0);
-                    for (int s = 0; s <= t; s++) Mt[s] *= exp_fast(cum[t] - cum[s]) * dts[s];
-                    for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
-                }
-                Y.noalias() = M * X;
-                CH.noalias() = Cmat * Hin.transpose();
-                for (int t = 0; t < len; t++) Y.row(t) += exp_fast(cum[t]) * CH.row(t) + Dskip[h] * X.row(t);
-                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dts[s]);
-                Hout.noalias() = Xw.transpose() * Bmat;
-                Hout += exp_fast(clast) * Hin;
+                CH.noalias() = Cmat * MapCM(state(b, h, c), P, N).transpose();
+                for (int t = 0; t < len; t++) Y.row(t) += exp_fast(w.cum[t]) * CH.row(t);
             }
         }
 }
@@ -999,9 +1036,7 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
                 RowsC X = rows_c(base + h * P, len, P, Cc), dY = rows_c(dy + row0 * E + h * P, len, P, E);
                 Rows dX = rows(dxbc + row0 * Cc + h * P, len, P, Cc);
                 MapCM Hin(hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N, P, N);
-                for (int t = 0; t < len; t++) dts[t] = dt[(row0 + t) * nh + h];
-                for (int t = 0; t < len; t++) cum[t] = (t ? cum[t - 1] : 0.0f) + dts[t] * A;
-                float clast = w.clast[h] = cum[len - 1];
+                float clast = w.clast[h] = ssd_chunk_decay(dts, cum, dt, row0, len, nh, h, A);
                 for (int t = 0; t < len; t++) ec[t] = exp_fast(clast - cum[t]);
                 for (int t = 0; t < len; t++) {
                     float *Lt = &L(t, 0);
