@@ -30,7 +30,10 @@ typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
 typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
 
 static inline float silu(float x) { return x * sigmoidf_(x); }
-static inline float silu_grad(float x) { float s = sigmoidf_(x); return s * (1.0f + x * (1.0f - s)); }
+// silu'(x) from s = sigmoid(x): a backward that needs silu and silu' of the
+// same x takes both from one sigmoid (one exp and one division, not two)
+static inline float silu_grad_from(float x, float s) { return s * (1.0f + x * (1.0f - s)); }
+static inline float silu_grad(float x) { return silu_grad_from(x, sigmoidf_(x)); }
 
 // ----------------------------------------------------------------------------
 // shared by the ops: when a loop is worth threads; sums along a row
@@ -215,8 +218,9 @@ static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) {
-        dg[i] += dh[i] * u[i] * silu_grad(g[i]);
-        du[i] += dh[i] * silu(g[i]);
+        float s = sigmoidf_(g[i]);
+        dg[i] += dh[i] * u[i] * silu_grad_from(g[i], s);
+        du[i] += dh[i] * (g[i] * s);
     }
 }
 
@@ -667,9 +671,9 @@ static void head_norm_gate_backward(float *do_, float *dog, float *dw, const flo
         float rs = rstd[r];
         float mean_gn = sum_of(dv, [&](int j) { return dout[off + j] * w[j] * silu(og[off + j]) * o[off + j] * rs; }) / dv;
         for (int j = 0; j < dv; j++) {
-            float n = o[off + j] * rs;
-            do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * mean_gn);
-            dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
+            float n = o[off + j] * rs, s = sigmoidf_(og[off + j]);
+            do_[off + j] += rs * (dout[off + j] * w[j] * (og[off + j] * s) - n * mean_gn);
+            dog[off + j] += dout[off + j] * n * w[j] * silu_grad_from(og[off + j], s);
         }
     }
     sum_rows_into(dw, BT * H, dv, [&](int r, int j) {
@@ -1145,10 +1149,10 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
         float rs = rstd[r], mean_gn = sum_of(E, [&](int j) { return d[j] * w[j] * yr[j] * silu(zr[j]) * rs; }) / E;
         for (int j = 0; j < E; j++) {
-            float sz = silu(zr[j]), n = yr[j] * sz * rs;
+            float s = sigmoidf_(zr[j]), sz = zr[j] * s, n = yr[j] * sz * rs;
             float dg = rs * (d[j] * w[j] - n * mean_gn);
             dy[(size_t)r * E + j] += dg * sz;
-            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
+            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad_from(zr[j], s);
         }
     }
     sum_rows_into(dw, BT, E, [&](int r, int j) {
