@@ -28,6 +28,10 @@ typedef Eigen::Map<const MatRM> MapCM;
 // rows of `cols` floats, a stride apart: a block of columns of a wider matrix
 typedef Eigen::Map<const MatRM, 0, Eigen::OuterStride<>> RowsC;
 typedef Eigen::Map<MatRM, 0, Eigen::OuterStride<>> Rows;
+// `len` rows of `cols` floats, `stride` floats apart (a chunk of a head's
+// columns of q, v, xbc, y ..), as an Eigen matrix over our buffer
+static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
+static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
 static inline float silu(float x) { return x * sigmoidf_(x); }
 // silu'(x) from s = sigmoid(x): a backward that needs silu and silu' of the
@@ -341,8 +345,14 @@ static void gla_recurrent_backward(float *dq, float *dk, float *dv, float *da, c
 //     o_t   = (q_t ⊙ e^{b_t})^T S_in' + sum_{s<=t} Â_ts v_s      (S_in' = hk^-1/2 S_in)
 //     Â_ts  = hk^-1/2 sum_i q_t[i] k_s[i] e^{b_t[i] - b_s[i]}     (the scaled scores)
 //     S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
-// Only differences b_t - b_s (<= 0) are exponentiated, never e^{-b} alone,
-// which would overflow once b falls below about -88.
+// Every decay factor is a product of per-step decays e^{a_u} <= 1, e.g.
+// e^{b_t - b_s} = e^{a_s+1} ⊙ .. ⊙ e^{a_t}: one exp per step and channel, and
+// no e^{-b} that would overflow once b falls below about -88 (a product only
+// underflows towards 0, as the true value does). In matrix form, per chunk
+// (Q, K: len x hk; V, O: len x hv; Â: len x len, zero above the diagonal):
+//     O     = Qd S_in + Â V                     Qd = hk^-1/2 Q ⊙ e^{b}
+//     S_out = diag(e^{b_last}) S_in + Kd^T V      Kd = K ⊙ e^{b_last - b}
+// so all but the scores are small GEMMs.
 // S: [B, H, gla_state_slots(T), hk, hv]: the state entering every
 // GLA_STATE_EVERY-th chunk and last the final state (model.h); S[.., 0, ..] is
 // the initial state (input), the rest are written. These kept states are all
@@ -361,14 +371,19 @@ struct GlaChunk {
 // from one thread's slice. gla_work(nullptr, ..) only counts: its return
 // value's `floats` is the size of the slice (cpu::scan_work_floats uses it).
 struct GlaWork {
-    float *cum;   // [C, hk] cumulative log decay b_t inside the chunk
-    float *E;     // [C, C, hk] e^{b_t - b_s} for s <= t
-    float *A;     // [C, C] the scaled intra-chunk scores Â_ts
-    float *dA;    // [C, C] their gradient
-    float *dS;    // [hk, hv] gradient of the state leaving the chunk
+    float *decay;       // [C, hk] e^{a_t}, the decay of each step
+    float *from_start;  // [C, hk] e^{b_t}
+    float *to_end;      // [C, hk] e^{b_last - b_t}
+    float *qd, *kd;     // [C, hk] the rows Qd and Kd above
+    float *kT;          // [hk, C] the chunk's k transposed, zero past its length
+    float *E;           // [hk, C] or [C, hk]: e^{b_t - b_s} of the current row t, rolled forward
+    float *A;           // [C, C] the scaled scores Â_ts, zero above the diagonal
+    float *dA;          // [C, C] their gradient
+    float *tmp;         // [C, hk] a product before it is scaled by the decays
+    float *dS;          // [hk, hv] gradient of the state leaving the chunk
     float *dq_local, *dk_local;  // [C, hk] the chunk's own dq, dk (complete once the chunk is done)
-    float *run;   // [hk] running reverse sum of the decay gradient
-    float *group; // [GLA_STATE_EVERY - 1, hk, hv] the states entering the chunks between two kept ones
+    float *run;         // [hk] running reverse sum of the decay gradient
+    float *group;       // [GLA_STATE_EVERY - 1, hk, hv] the states entering the chunks between two kept ones
     size_t floats;
 };
 static GlaWork gla_work(float *ws, int hk, int hv) {
@@ -376,13 +391,11 @@ static GlaWork gla_work(float *ws, int hk, int hv) {
     GlaWork w;
     size_t off = 0;
     auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
-    take(&w.cum, C * hk);
-    take(&w.E, C * C * hk);
-    take(&w.A, C * C);
-    take(&w.dA, C * C);
+    take(&w.decay, C * hk); take(&w.from_start, C * hk); take(&w.to_end, C * hk);
+    take(&w.qd, C * hk); take(&w.kd, C * hk); take(&w.kT, C * hk); take(&w.E, C * hk);
+    take(&w.A, C * C); take(&w.dA, C * C); take(&w.tmp, C * hk);
     take(&w.dS, (size_t)hk * hv);
-    take(&w.dq_local, C * hk);
-    take(&w.dk_local, C * hk);
+    take(&w.dq_local, C * hk); take(&w.dk_local, C * hk);
     take(&w.run, hk);
     take(&w.group, (size_t)(GLA_STATE_EVERY - 1) * hk * hv);
     w.floats = off;
@@ -398,58 +411,68 @@ static float *gla_state_at(const float *Sbh, float *group, int c, int nc, size_t
     return group + (size_t)(c % E - 1) * X;
 }
 
-// Fills cum, the cumulative log decay b_t of the chunk of `len` steps at row0.
-static void gla_chunk_decay(GlaWork *w, const float *a, size_t row0, int len, int K, int hk, int h) {
+// The chunk's decays, as running products of the steps' e^{a_t}: e^{b_t}
+// forward from the chunk's start, e^{b_last - b_t} back from its end; and from
+// them the rows Qd and Kd that meet the states.
+static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, const float *k, const float *a) {
+    int len = ch->len, hk = ch->hk;
     for (int t = 0; t < len; t++) {
-        const float *at = a + (row0 + t) * K + h * hk;
-        float *ct = w->cum + t * hk;
-        for (int i = 0; i < hk; i++) ct[i] = (t ? ct[i - hk] : 0.0f) + at[i];
+        const float *at = a + (ch->row0 + t) * ch->K + ch->h * hk;
+        float *dt = w->decay + t * hk, *ft = w->from_start + t * hk;
+        for (int i = 0; i < hk; i++) {
+            dt[i] = exp_fast(at[i]);
+            ft[i] = t ? ft[i - hk] * dt[i] : dt[i];
+        }
     }
-}
-
-// Fills cum (cumulative log decay), E (decay between every pair s <= t) and A
-// (the scaled scores Â) for the chunk of `len` steps starting at row0. The
-// backward pass calls it again rather than keeping these per chunk: E alone is
-// C*hk floats per token, far more than the activations, and recomputing it
-// costs about as much as the forward's intra-chunk work.
-static void gla_chunk_prepare(GlaWork *w, const float *q, const float *k, const float *a, size_t row0, int len,
-                              int K, int hk, int h, float scale) {
-    gla_chunk_decay(w, a, row0, len, K, hk, h);
+    for (int t = len - 1; t >= 0; t--) {
+        float *et = w->to_end + t * hk;
+        for (int i = 0; i < hk; i++) et[i] = t == len - 1 ? 1.0f : et[i + hk] * w->decay[(t + 1) * hk + i];
+    }
     for (int t = 0; t < len; t++) {
-        const float *qt = q + (row0 + t) * K + h * hk, *ct = w->cum + t * hk;
-        for (int s = 0; s <= t; s++) {
-            const float *ks = k + (row0 + s) * K + h * hk, *cs = w->cum + s * hk;
-            float *e = w->E + ((size_t)t * GLA_CHUNK + s) * hk;
-            w->A[t * GLA_CHUNK + s] = scale * sum_of(hk, [&](int i) {
-                e[i] = exp_fast(ct[i] - cs[i]);
-                return qt[i] * ks[i] * e[i];
-            });
+        size_t off = (ch->row0 + t) * ch->K + ch->h * hk;
+        for (int i = 0; i < hk; i++) {
+            w->qd[t * hk + i] = ch->scale * q[off + i] * w->from_start[t * hk + i];
+            w->kd[t * hk + i] = k[off + i] * w->to_end[t * hk + i];
         }
     }
 }
 
-// The state leaving a chunk, from the state entering it (w->cum holds the
-// chunk's b_t):  S_out = diag(e^{b_last}) S_in + sum_s (k_s ⊙ e^{b_last - b_s}) v_s^T
+// The scaled scores Â, a row t at a time, all C columns s side by side (one
+// vector): E[i][s] = e^{b_t[i] - b_s[i]} rolls forward, E_t = E_{t-1} ⊙ e^{a_t}
+// in the columns s < t, 1 in column t, 0 beyond, which is also the causal mask.
+// The backward pass calls this again (with gla_chunk_decay) rather than keep Â.
+static void gla_chunk_scores(GlaWork *w, const GlaChunk *ch, const float *q, const float *k) {
+    const int C = GLA_CHUNK;
+    int hk = ch->hk;
+    for (int i = 0; i < hk; i++)
+        for (int s = 0; s < C; s++) {
+            w->kT[i * C + s] = s < ch->len ? k[(ch->row0 + s) * ch->K + ch->h * hk + i] : 0.0f;
+            w->E[i * C + s] = 0.0f;
+        }
+    for (int t = 0; t < ch->len; t++) {
+        const float *qt = q + (ch->row0 + t) * ch->K + ch->h * hk, *dt = w->decay + t * hk;
+        float row[C] = {};
+        for (int i = 0; i < hk; i++) {
+            float *Ei = w->E + i * C, qi = ch->scale * qt[i];
+            const float *ki = w->kT + i * C;
+            for (int s = 0; s < C; s++) Ei[s] *= dt[i];
+            Ei[t] = 1.0f;
+            for (int s = 0; s < C; s++) row[s] += qi * ki[s] * Ei[s];
+        }
+        memcpy(w->A + t * C, row, sizeof row);
+    }
+}
+
+// The state leaving a chunk, from the state entering it (after gla_chunk_decay):
+//     S_out = diag(e^{b_last}) S_in + Kd^T V
 // The forward and the backward's recomputation both run this, so the states
 // the backward recomputes are the forward's, bit for bit.
-static void gla_chunk_state(float *Sout, const float *Sin, const GlaWork *w, const GlaChunk *ch, const float *k,
-                            const float *v) {
-    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
-    size_t row0 = ch->row0;
-    const float *clast = w->cum + (ch->len - 1) * hk;
-    for (int i = 0; i < hk; i++) {
-        float d = exp_fast(clast[i]);
-        for (int j = 0; j < hv; j++) Sout[(size_t)i * hv + j] = d * Sin[(size_t)i * hv + j];
-    }
-    for (int s = 0; s < ch->len; s++) {
-        const float *ks = k + (row0 + s) * K + h * hk, *cs = w->cum + s * hk;
-        const float *vs = v + (row0 + s) * V + h * hv;
-        for (int i = 0; i < hk; i++) {
-            float ki = ks[i] * exp_fast(clast[i] - cs[i]);
-            float *So = Sout + (size_t)i * hv;
-            for (int j = 0; j < hv; j++) So[j] += ki * vs[j];
-        }
-    }
+static void gla_chunk_state(float *Sout, const float *Sin, const GlaWork *w, const GlaChunk *ch, const float *v) {
+    int hk = ch->hk, hv = ch->hv;
+    const float *flast = w->from_start + (ch->len - 1) * hk;
+    MapM So(Sout, hk, hv);
+    So.noalias() = MapCM(w->kd, ch->len, hk).transpose() * rows_c(v + ch->row0 * ch->V + ch->h * hv, ch->len, hv, ch->V);
+    for (int i = 0; i < hk; i++) So.row(i) += flast[i] * MapCM(Sin, hk, hv).row(i);
 }
 
 static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
@@ -468,23 +491,12 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
                 int len = std::min(C, T - c * C);
                 GlaChunk ch = {row0, len, h, K, V, hk, hv, scale};
                 const float *Sin = gla_state_at(Sbh, w.group, c, nc, X);
-                gla_chunk_prepare(&w, q, k, a, row0, len, K, hk, h, scale);
-                for (int t = 0; t < len; t++) {
-                    const float *qt = q + (row0 + t) * K + h * hk, *ct = w.cum + t * hk;
-                    float *ot = o + (row0 + t) * V + h * hv;
-                    for (int j = 0; j < hv; j++) ot[j] = 0;
-                    for (int i = 0; i < hk; i++) {  // inter-chunk: the state entering the chunk
-                        float qi = scale * qt[i] * exp_fast(ct[i]);
-                        const float *Si = Sin + (size_t)i * hv;
-                        for (int j = 0; j < hv; j++) ot[j] += qi * Si[j];
-                    }
-                    for (int s = 0; s <= t; s++) {  // intra-chunk
-                        float score = w.A[t * C + s];
-                        const float *vs = v + (row0 + s) * V + h * hv;
-                        for (int j = 0; j < hv; j++) ot[j] += score * vs[j];
-                    }
-                }
-                gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), Sin, &w, &ch, k, v);
+                gla_chunk_decay(&w, &ch, q, k, a);
+                gla_chunk_scores(&w, &ch, q, k);
+                Rows O = rows(o + row0 * V + h * hv, len, hv, V);
+                O.noalias() = MapCM(w.qd, len, hk) * MapCM(Sin, hk, hv);           // the state entering the chunk
+                O.noalias() += rows_c(w.A, len, len, C) * rows_c(v + row0 * V + h * hv, len, hv, V);  // the chunk
+                gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), Sin, &w, &ch, v);
             }
         }
 }
@@ -506,88 +518,58 @@ static void gla_chunk_forward(float *o, float *S, const float *q, const float *k
 // start (gla_chunk_state, as the forward made them), then its chunks are
 // walked in reverse. The four phases of one chunk are the four functions below.
 
-// Phase 1, inside the chunk: dÂ, dv_s += sum_t Â_ts do_t, and the s < t terms
-// of dq and dk (the diagonal s = t waits for phase 4).
+// Phase 1, inside the chunk: dÂ = hk^-1/2 dO V^T, dV += Â^T dO, and the s < t
+// terms of dq and dk (the diagonal s = t waits for phase 4), with E[s] =
+// e^{b_t - b_s} rolled forward over t as gla_chunk_scores does, a row per s.
 static void gla_chunk_backward_intra(GlaWork *w, const GlaChunk *ch, float *dv, const float *dout, const float *q,
                                      const float *k, const float *v) {
     const int C = GLA_CHUNK;
-    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
+    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h, len = ch->len;
     size_t row0 = ch->row0;
-    for (int t = 0; t < ch->len; t++) {
-        const float *dot = dout + (row0 + t) * V + h * hv;
-        for (int s = 0; s <= t; s++) {
-            const float *vs = v + (row0 + s) * V + h * hv;
-            float *dvs = dv + (row0 + s) * V + h * hv;
-            float score = w->A[t * C + s];
-            w->dA[t * C + s] = ch->scale * sum_of(hv, [&](int j) {
-                dvs[j] += score * dot[j];
-                return dot[j] * vs[j];
-            });
-        }
-    }
-    for (int t = 0; t < ch->len; t++) {
-        const float *qt = q + (row0 + t) * K + h * hk;
+    RowsC dO = rows_c(dout + row0 * V + h * hv, len, hv, V);
+    rows(w->dA, len, len, C).noalias() = ch->scale * dO * rows_c(v + row0 * V + h * hv, len, hv, V).transpose();
+    rows(dv + row0 * V + h * hv, len, hv, V).noalias() += rows_c(w->A, len, len, C).transpose() * dO;
+    for (int t = 0; t < len; t++) {
+        const float *qt = q + (row0 + t) * K + h * hk, *dt = w->decay + t * hk;
         float *dqt = w->dq_local + t * hk;
+        if (t) for (int i = 0; i < hk; i++) w->E[(t - 1) * hk + i] = 1.0f;
         for (int s = 0; s < t; s++) {
-            const float *ks = k + (row0 + s) * K + h * hk, *e = w->E + ((size_t)t * C + s) * hk;
-            float *dks = w->dk_local + s * hk, g = w->dA[t * C + s];
+            const float *ks = k + (row0 + s) * K + h * hk;
+            float *Es = w->E + s * hk, *dks = w->dk_local + s * hk, g = w->dA[t * C + s];
             for (int i = 0; i < hk; i++) {
-                dqt[i] += g * e[i] * ks[i];
-                dks[i] += g * e[i] * qt[i];
+                Es[i] *= dt[i];
+                dqt[i] += g * Es[i] * ks[i];
+                dks[i] += g * Es[i] * qt[i];
             }
         }
     }
 }
 
 // Phase 2, across chunks: o_t read S_in (dq), and S_out was built from k_s, v_s
-// (dk, dv), using dS, the gradient of S_out, before phase 3 moves it to S_in.
+// (dk, dv), using dS, the gradient of S_out, before phase 3 moves it to S_in:
+//     dq += hk^-1/2 e^{b} ⊙ (dO S_in^T),  dk += e^{b_last - b} ⊙ (V dS^T),  dV += Kd dS
 static void gla_chunk_backward_inter(GlaWork *w, const GlaChunk *ch, float *dv, const float *dout, const float *Sin,
-                                     const float *k, const float *v) {
-    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
-    size_t row0 = ch->row0;
-    const float *clast = w->cum + (ch->len - 1) * hk;
-    for (int t = 0; t < ch->len; t++) {
-        const float *dot = dout + (row0 + t) * V + h * hv, *ct = w->cum + t * hk;
-        for (int i = 0; i < hk; i++) {
-            const float *Si = Sin + (size_t)i * hv;
-            float d = sum_of(hv, [&](int j) { return Si[j] * dot[j]; });
-            w->dq_local[t * hk + i] += ch->scale * exp_fast(ct[i]) * d;
-        }
-    }
-    for (int s = 0; s < ch->len; s++) {
-        const float *ks = k + (row0 + s) * K + h * hk, *vs = v + (row0 + s) * V + h * hv, *cs = w->cum + s * hk;
-        float *dvs = dv + (row0 + s) * V + h * hv;
-        for (int i = 0; i < hk; i++) {
-            float e = exp_fast(clast[i] - cs[i]);
-            const float *dSi = w->dS + (size_t)i * hv;
-            float d = sum_of(hv, [&](int j) {
-                dvs[j] += dSi[j] * ks[i] * e;
-                return dSi[j] * vs[j];
-            });
-            w->dk_local[s * hk + i] += e * d;
-        }
-    }
+                                     const float *v) {
+    int V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h, len = ch->len;
+    size_t row0 = ch->row0, n = (size_t)len * hk;
+    RowsC dO = rows_c(dout + row0 * V + h * hv, len, hv, V), Vc = rows_c(v + row0 * V + h * hv, len, hv, V);
+    MapCM dS(w->dS, hk, hv);
+    MapM tmp(w->tmp, len, hk);
+    tmp.noalias() = dO * MapCM(Sin, hk, hv).transpose();
+    for (size_t x = 0; x < n; x++) w->dq_local[x] += ch->scale * w->from_start[x] * w->tmp[x];
+    tmp.noalias() = Vc * dS.transpose();
+    for (size_t x = 0; x < n; x++) w->dk_local[x] += w->to_end[x] * w->tmp[x];
+    rows(dv + row0 * V + h * hv, len, hv, V).noalias() += MapCM(w->kd, len, hk) * dS;
 }
 
 // Phase 3: dS becomes the gradient of S_in, to carry into the previous chunk:
-//     dS_in = diag(e^{b_last}) dS + hk^-1/2 sum_t (q_t ⊙ e^{b_t}) do_t^T
-static void gla_chunk_backward_state(GlaWork *w, const GlaChunk *ch, const float *dout, const float *q) {
-    int K = ch->K, V = ch->V, hk = ch->hk, hv = ch->hv, h = ch->h;
-    const float *clast = w->cum + (ch->len - 1) * hk;
-    for (int i = 0; i < hk; i++) {
-        float d = exp_fast(clast[i]);
-        float *dSi = w->dS + (size_t)i * hv;
-        for (int j = 0; j < hv; j++) dSi[j] *= d;
-    }
-    for (int t = 0; t < ch->len; t++) {
-        const float *qt = q + (ch->row0 + t) * K + h * hk, *ct = w->cum + t * hk;
-        const float *dot = dout + (ch->row0 + t) * V + h * hv;
-        for (int i = 0; i < hk; i++) {
-            float qi = ch->scale * qt[i] * exp_fast(ct[i]);
-            float *dSi = w->dS + (size_t)i * hv;
-            for (int j = 0; j < hv; j++) dSi[j] += qi * dot[j];
-        }
-    }
+//     dS_in = diag(e^{b_last}) dS + Qd^T dO
+static void gla_chunk_backward_state(GlaWork *w, const GlaChunk *ch, const float *dout) {
+    int hk = ch->hk, hv = ch->hv;
+    const float *flast = w->from_start + (ch->len - 1) * hk;
+    MapM dS(w->dS, hk, hv);
+    for (int i = 0; i < hk; i++) dS.row(i) *= flast[i];
+    dS.noalias() += MapCM(w->qd, ch->len, hk).transpose() * rows_c(dout + ch->row0 * ch->V + ch->h * hv, ch->len, hv, ch->V);
 }
 
 // Phase 4: write dq, dk and the decay gradient (the reverse running sum). The
@@ -629,18 +611,19 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
                 int c1 = std::min(nc, c0 + E);
                 for (int c = c0; c + 1 < c1; c++) {  // the states entering chunks c0+1 .. c1-1
                     GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
-                    gla_chunk_decay(&w, a, ch.row0, ch.len, K, hk, h);
+                    gla_chunk_decay(&w, &ch, q, k, a);
                     gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), gla_state_at(Sbh, w.group, c, nc, X), &w,
-                                    &ch, k, v);
+                                    &ch, v);
                 }
                 for (int c = c1 - 1; c >= c0; c--) {
                     GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
-                    gla_chunk_prepare(&w, q, k, a, ch.row0, ch.len, K, hk, h, scale);
+                    gla_chunk_decay(&w, &ch, q, k, a);
+                    gla_chunk_scores(&w, &ch, q, k);
                     zero(w.dq_local, (size_t)ch.len * hk);
                     zero(w.dk_local, (size_t)ch.len * hk);
                     gla_chunk_backward_intra(&w, &ch, dv, dout, q, k, v);
-                    gla_chunk_backward_inter(&w, &ch, dv, dout, gla_state_at(Sbh, w.group, c, nc, X), k, v);
-                    gla_chunk_backward_state(&w, &ch, dout, q);
+                    gla_chunk_backward_inter(&w, &ch, dv, dout, gla_state_at(Sbh, w.group, c, nc, X), v);
+                    gla_chunk_backward_state(&w, &ch, dout);
                     gla_chunk_backward_write(&w, &ch, dq, dk, da, q, k);
                 }
             }
@@ -875,10 +858,6 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 // Names: B (batch) and C (nothing) stay plain; the matrices of a chunk are
 // Bmat and Cmat (rows B_t, C_t), CL is the chunk length, L only the mask.
 
-// A chunk's rows of xbc (x of one head, B or C) or of y, as Eigen matrices
-// over our buffers: `len` rows of `cols` floats, `stride` floats apart.
-static RowsC rows_c(const float *p, int len, int cols, int stride) { return RowsC(p, len, cols, Eigen::OuterStride<>(stride)); }
-static Rows rows(float *p, int len, int cols, int stride) { return Rows(p, len, cols, Eigen::OuterStride<>(stride)); }
 
 // The scratch of one task in the chunked SSD passes (the forward's tasks are a
 // (sequence, chunk) or a (sequence, head), the backward's a whole sequence),
