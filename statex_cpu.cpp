@@ -194,12 +194,13 @@ static void matmul_backward(float *dinp, float *dw, float *dbias, const float *d
             MapM(dinp + (size_t)r0 * C, n, C).noalias() += MapCM(dout + (size_t)r0 * OC, n, OC) * MapCM(w, OC, C);
         }
     }
-    if (dw) {  // blocks of rows of dW (columns of dout); each sums over all N tokens
+    if (dw) {  // blocks of rows of dW (columns of dout); each sums over all N tokens. A dW
+               // of one block (OC <= MM_ROWS: q, k in GLA) goes in two, so both threads work.
+        int rb = OC > MM_ROWS ? MM_ROWS : MM_ROWS / 2;
         #pragma omp parallel for schedule(dynamic)
-        for (int o0 = 0; o0 < OC; o0 += MM_ROWS) {
-            int n = std::min(MM_ROWS, OC - o0);
-            RowsC dy(dout + o0, N, n, Eigen::OuterStride<>(OC));
-            MapM(dw + (size_t)o0 * C, n, C).noalias() += dy.transpose() * MapCM(inp, N, C);
+        for (int o0 = 0; o0 < OC; o0 += rb) {
+            int n = std::min(rb, OC - o0);
+            MapM(dw + (size_t)o0 * C, n, C).noalias() += rows_c(dout + o0, N, n, OC).transpose() * MapCM(inp, N, C);
         }
     }
     // the bias sum in a fixed order (Eigen's colwise().sum() may reorder it by alignment)
