@@ -25,8 +25,12 @@ CXX      ?= g++
 CXXFLAGS ?= -O3 -march=native -mprefer-vector-width=512
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem $(EIGEN_INC) -isystem $(STB_INC)
 # sqrtf need not set errno (nothing reads it), so loops with a sqrt vectorise
-# (AdamW); the results are the same, sqrt being correctly rounded either way
-CXXFLAGS += -fno-math-errno
+# (AdamW); the results are the same, sqrt being correctly rounded either way.
+# No code here traps on float exceptions, so a loop with a comparison or a
+# select (exp_fast's clamp, hence every sigmoid, silu and decay) may run as
+# vector blends: without AVX-512's masks GCC keeps such loops scalar otherwise.
+# Each element gets the same operations, so the results are the same.
+CXXFLAGS += -fno-math-errno -fno-trapping-math
 # (never -isystem /usr/include itself: it would break the C++ headers' #include_next)
 CXXFLAGS += $(if $(filter /usr/include /usr/include/,$(DOCTEST_INC)),,-isystem $(DOCTEST_INC))
 # Eigen's AVX-512 kernels trip GCC 12's (false) uninitialized warnings
@@ -99,19 +103,19 @@ deps:
 deps-data:
 	@$(call install,$(CORPUS))
 
-build/statex_cpu.o: statex_cpu.cpp model.h | deps
+build/statex_cpu.o: statex_cpu.cpp model.h Makefile | deps
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) $(EIGEN_FLAGS) -c $< -o $@
 
-build/statex_cuda.o: statex.cu model.h | deps
+build/statex_cuda.o: statex.cu model.h Makefile | deps
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-build/%.o: %.cpp model.h data/tasks.h $(wildcard tools/*.h) | deps
+build/%.o: %.cpp model.h data/tasks.h $(wildcard tools/*.h) Makefile | deps
 	@mkdir -p build
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-build/tests/%.o: tests/%.cpp tests/test_util.h model.h data/tasks.h $(wildcard tools/*.h) | deps
+build/tests/%.o: tests/%.cpp tests/test_util.h model.h data/tasks.h $(wildcard tools/*.h) Makefile | deps
 	@mkdir -p build/tests
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 

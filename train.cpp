@@ -84,7 +84,8 @@ static void usage() {
         "  Without --steps, --expand only writes the expanded model to --out.\n"
         "other:\n"
         "  --debug-state IN --dump-state OUT   one forward/backward on --init MODEL with IN's tokens\n"
-        "  --bench              training speed of --preset (default: gla-small and mamba2-small)\n"
+        "  --bench              training speed of --preset (default: gla-small and mamba2-small) at B 8, T 512;\n"
+        "                       with size flags, of that model; --batch, --seq-len set B, T\n"
         "  --bench --profile    the same, with the share of step time of every op\n");
 }
 
@@ -266,6 +267,17 @@ static int run_bench(const Options *o) {
     if (!o->preset.empty()) names.push_back(o->preset);
     else names = {"gla-small", "mamba2-small"};
     int B = 8, T = 512, steps = 8;
+    // size flags (--n-layer, --d-state, ..) bench that model, as a run would
+    // build it; --batch and --seq-len then set B and T (the main job's model:
+    // --preset tiny-mamba2 --n-layer 4 --d-state 16 --batch 4 --seq-len 256)
+    auto given = [&](const char *flag) { return std::find(o->run_flags.begin(), o->run_flags.end(), flag) != o->run_flags.end(); };
+    if (o->config_given) {
+        std::string e = config_problem(&o->config);
+        if (!e.empty()) die("model config: %s", e.c_str());
+        names = {o->preset.empty() ? "custom" : o->preset + "*"};
+    }
+    if (given("--batch")) B = o->batch;
+    if (given("--seq-len")) T = o->seq_len;
     bool cuda = o->device == "cuda";
     if (!cuda) {
         // Each step is followed by a short GEMM timing, and both figures are
@@ -274,8 +286,8 @@ static int run_bench(const Options *o) {
         printf("machine: %s\n", machine_line().c_str());
         Ops timed = timed_cpu_ops();  // --profile: the same passes over timed ops
         for (const std::string &name : names) {
-            Config c;
-            preset_config(name, &c);
+            Config c = o->config;  // a preset, or the size flags' model
+            if (!o->config_given) preset_config(name, &c);
             Model m;
             cpu::model_init(&m, &c, nullptr);
             cpu::model_random_init(&m, 1);
@@ -326,10 +338,10 @@ static int run_bench(const Options *o) {
         printf("GPU training benchmark skipped: %s\n", why.c_str());
         return 0;
     }
-    if (o->preset.empty()) names = {"gla-small", "mamba2-small", "gla-1.3b", "mamba2-1.3b"};
+    if (o->preset.empty() && !o->config_given) names = {"gla-small", "mamba2-small", "gla-1.3b", "mamba2-1.3b"};
     for (const std::string &name : names) {
-        Config c;
-        preset_config(name, &c);
+        Config c = o->config;
+        if (!o->config_given) preset_config(name, &c);
         bool big = c.d_model >= 2048;
         int b = big ? 1 : B, t = big ? 2048 : T, n = big ? 1 : 20;
         float *params = cpu::random_params(&c, 1);
