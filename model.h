@@ -964,6 +964,16 @@ inline size_t memory_peak_bytes() { return 0; }
 // On the GPU every pointer is a device pointer, except crossentropy_forward's
 // n_valid and adamw_update's config, which stay on the host. The math of each
 // op is in the comment above its CPU definition. Backward ops ACCUMULATE (+=).
+// Matmuls that read the same input (a GLA layer's q, k, v, og and gate
+// projections; the MLP's gate and up): out[i] = inp w[i]^T, [N, OC[i]], no bias.
+#define MATMUL_GROUP_MAX 5
+struct MatmulGroup {
+    int n;
+    float *out[MATMUL_GROUP_MAX];
+    const float *w[MATMUL_GROUP_MAX];
+    int OC[MATMUL_GROUP_MAX];
+};
+
 struct Ops {
     // buffers: p[0..n) = 0; and moving a recurrent state between the per-sequence
     // layout [BH, X] (`flat`) and slot `slot` of the chunk-state layout
@@ -977,6 +987,7 @@ struct Ops {
     void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                              const float *rstd, int N, int D);
     void (*matmul_forward)(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC);
+    void (*matmul_group_forward)(const MatmulGroup *g, const float *inp, int N, int C);
     void (*matmul_backward)(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
                             int N, int C, int OC);
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
@@ -1037,7 +1048,7 @@ struct Ops {
 #define STATEX_OP_TABLE { \
     .zero = zero, .copy_states = copy_states, .encoder_forward = encoder_forward, \
     .encoder_backward = encoder_backward, .rmsnorm_forward = rmsnorm_forward, .rmsnorm_backward = rmsnorm_backward, \
-    .matmul_forward = matmul_forward, .matmul_backward = matmul_backward, .residual_forward = residual_forward, \
+    .matmul_forward = matmul_forward, .matmul_group_forward = matmul_group_forward, .matmul_backward = matmul_backward, .residual_forward = residual_forward, \
     .swiglu_forward = swiglu_forward, .swiglu_backward = swiglu_backward, .gla_gate_forward = gla_gate_forward, \
     .gla_gate_backward = gla_gate_backward, .gla_recurrent_forward = gla_recurrent_forward, .gla_recurrent_backward = gla_recurrent_backward, \
     .gla_chunk_forward = gla_chunk_forward, .gla_chunk_backward = gla_chunk_backward, .head_norm_gate_forward = head_norm_gate_forward, \
@@ -1074,11 +1085,9 @@ inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, floa
     int H = c->n_head[l], dk = K / H, dv = V / H;
     size_t X = (size_t)dk * dv;  // one head's state
     op->rmsnorm_forward(act->attn_in, act->attn_rstd, act->res, W->attn_norm, BT, D);
-    op->matmul_forward(act->q, act->attn_in, W->q_proj, nullptr, BT, D, K);
-    op->matmul_forward(act->k, act->attn_in, W->k_proj, nullptr, BT, D, K);
-    op->matmul_forward(act->v, act->attn_in, W->v_proj, nullptr, BT, D, V);
-    op->matmul_forward(act->og, act->attn_in, W->g_proj, nullptr, BT, D, V);
-    op->matmul_forward(act->gk_low, act->attn_in, W->gk_proj0, nullptr, BT, D, r);
+    MatmulGroup proj = {5, {act->q, act->k, act->v, act->og, act->gk_low},  // q, k, v, og and the gate's low rank
+                        {W->q_proj, W->k_proj, W->v_proj, W->g_proj, W->gk_proj0}, {K, K, V, V, r}};
+    op->matmul_group_forward(&proj, act->attn_in, BT, D);
     op->matmul_forward(act->gk_pre, act->gk_low, W->gk_proj1, W->gk_bias, BT, r, K);
     op->gla_gate_forward(act->gate, act->gk_pre, (size_t)BT * K);
     if (m->mixer_form == MIX_CHUNKED) {
@@ -1096,8 +1105,8 @@ inline void gla_layer_forward(const Ops *op, Model *m, int l, int B, int T, floa
     op->matmul_forward(act->res_mid, act->o_out, W->o_proj, nullptr, BT, V, D);
     op->residual_forward(act->res_mid, act->res_mid, act->res, (size_t)BT * D);
     op->rmsnorm_forward(act->mlp_in, act->mlp_rstd, act->res_mid, W->mlp_norm, BT, D);
-    op->matmul_forward(act->mlp_gate, act->mlp_in, W->gate_proj, nullptr, BT, D, F);
-    op->matmul_forward(act->mlp_up, act->mlp_in, W->up_proj, nullptr, BT, D, F);
+    MatmulGroup mlp = {2, {act->mlp_gate, act->mlp_up}, {W->gate_proj, W->up_proj}, {F, F}};
+    op->matmul_group_forward(&mlp, act->mlp_in, BT, D);
     op->swiglu_forward(act->mlp_h, act->mlp_gate, act->mlp_up, (size_t)BT * F);
     op->matmul_forward(out, act->mlp_h, W->down_proj, nullptr, BT, F, D);
     op->residual_forward(out, out, act->res_mid, (size_t)BT * D);

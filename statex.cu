@@ -271,6 +271,12 @@ __global__ void __launch_bounds__(1024) column_sums_kernel(float *dst, const flo
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < cols) dst[j] += total;
 }
+// A group of matmuls on the same input (model.h, MatmulGroup): one cuBLAS
+// GEMM per member, as matmul_forward; its backward is the members' matmul_backward.
+static void matmul_group_forward(const MatmulGroup *g, const float *inp, int N, int C) {
+    for (int i = 0; i < g->n; i++) matmul_forward(g->out[i], inp, g->w[i], nullptr, N, C, g->OC[i]);
+}
+
 static void matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N, int C, int OC) {
     const float one = 1.0f;
     if (dinp) cublasCheck(cublasSgemm(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC, &one, dinp, C));

@@ -164,25 +164,62 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // takes it, so the results do not depend on the schedule.
 #define MM_ROWS 128
 
+// Rows r0 .. r0+MM_ROWS-1 (or fewer, at the end) of out = inp W^T (+ bias).
+static void matmul_block(float *out, const float *inp, const float *w, const float *bias, int r0, int N, int C, int OC) {
+    int n = std::min(MM_ROWS, N - r0);
+    MapM y(out + (size_t)r0 * OC, n, OC);
+    y.noalias() = MapCM(inp + (size_t)r0 * C, n, C) * MapCM(w, OC, C).transpose();
+    if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+}
+
 // A decode step has one row per sequence (N <= MATVEC_ROWS), so the product
-// is bound by reading W once: each row of W is read once for all N inputs
+// is bound by reading W once: each row o of W is read once for all N inputs
 // (one dot product each), and the threads split the rows of W in fixed blocks.
 #define MATVEC_ROWS 8
-static void matvec_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    #pragma omp parallel for schedule(static) if ((size_t)OC * C >= PAR_MIN)
-    for (int o = 0; o < OC; o++)
-        for (int n = 0; n < N; n++)
-            out[(size_t)n * OC + o] = dot(w + (size_t)o * C, inp + (size_t)n * C, C) + (bias ? bias[o] : 0.0f);
+static void matvec_column(float *out, const float *inp, const float *w, const float *bias, int o, int N, int C, int OC) {
+    for (int n = 0; n < N; n++)
+        out[(size_t)n * OC + o] = dot(w + (size_t)o * C, inp + (size_t)n * C, C) + (bias ? bias[o] : 0.0f);
 }
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    if (N <= MATVEC_ROWS) { matvec_forward(out, inp, w, bias, N, C, OC); return; }
+    if (N <= MATVEC_ROWS) {
+        #pragma omp parallel for schedule(static) if ((size_t)OC * C >= PAR_MIN)
+        for (int o = 0; o < OC; o++) matvec_column(out, inp, w, bias, o, N, C, OC);
+        return;
+    }
     #pragma omp parallel for schedule(dynamic)
-    for (int r0 = 0; r0 < N; r0 += MM_ROWS) {
-        int n = std::min(MM_ROWS, N - r0);
-        MapM y(out + (size_t)r0 * OC, n, OC);
-        y.noalias() = MapCM(inp + (size_t)r0 * C, n, C) * MapCM(w, OC, C).transpose();
-        if (bias) y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias, OC);
+    for (int r0 = 0; r0 < N; r0 += MM_ROWS) matmul_block(out, inp, w, bias, r0, N, C, OC);
+}
+
+// A group of matmuls that read the same input (model.h, MatmulGroup):
+// out_i = inp W_i^T, each computed exactly as matmul_forward computes it, all
+// in one parallel loop over the members' tasks (columns of W_i when decoding,
+// row blocks otherwise). Waking the threads costs a few microseconds, as much
+// as a decode step's small matrix-vector product, so a layer's five
+// projections pay it once rather than five times. Its backward is the
+// members' matmul_backward.
+static void matmul_group_forward(const MatmulGroup *g, const float *inp, int N, int C) {
+    bool decode = N <= MATVEC_ROWS;
+    int per[MATMUL_GROUP_MAX], tasks = 0;
+    size_t work = 0;
+    for (int i = 0; i < g->n; i++) {
+        per[i] = decode ? g->OC[i] : (N + MM_ROWS - 1) / MM_ROWS;
+        tasks += per[i];
+        work += (size_t)g->OC[i] * C;
+    }
+    auto member = [&](int *t) { int i = 0; while (*t >= per[i]) *t -= per[i++]; return i; };  // task -> (member, index)
+    if (decode) {
+        #pragma omp parallel for schedule(static) if (work >= PAR_MIN)
+        for (int task = 0; task < tasks; task++) {
+            int o = task, i = member(&o);
+            matvec_column(g->out[i], inp, g->w[i], nullptr, o, N, C, g->OC[i]);
+        }
+        return;
+    }
+    #pragma omp parallel for schedule(dynamic)
+    for (int task = 0; task < tasks; task++) {
+        int b = task, i = member(&b);
+        matmul_block(g->out[i], inp, g->w[i], nullptr, b * MM_ROWS, N, C, g->OC[i]);
     }
 }
 

@@ -176,6 +176,17 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         check("matmul dw", dw, TOL_SCAN);
         check("matmul dbias", db, TOL_SCAN);
     }
+    SUBCASE("matmul group (two matmuls on one input)") {
+        int OC2 = 2 * OC + 3;
+        auto x = A.normal(BT * D, &r), w1 = A.normal(OC * D, &r), w2 = A.normal(OC2 * D, &r);
+        auto o1 = A.output(BT * OC), o2 = A.output(BT * OC2);
+        MatmulGroup on_cpu = {2, {o1.cpu(), o2.cpu()}, {w1.cpu(), w2.cpu()}, {OC, OC2}};
+        MatmulGroup on_gpu = {2, {o1.gpu(), o2.gpu()}, {w1.gpu(), w2.gpu()}, {OC, OC2}};
+        cpu::ops.matmul_group_forward(&on_cpu, x.cpu(), BT, D);
+        gpu_twice("matmul group forward", [&] { gpu::ops.matmul_group_forward(&on_gpu, x.gpu(), BT, D); }, {&o1, &o2});
+        check("matmul group out 0", o1, TOL_SCAN);
+        check("matmul group out 1", o2, TOL_SCAN);
+    }
     SUBCASE("residual, SwiGLU, GLA gate") {
         size_t n = BT * D;
         auto a = A.normal(n, &r), b = A.normal(n, &r, 3.0f), out = A.output(n), dh = A.normal(n, &r);

@@ -62,6 +62,32 @@ TEST_CASE("matmul: the few-rows (decode) path == the GEMM path") {
     }
 }
 
+// A group of matmuls on one input runs all members' blocks (or, decoding,
+// columns) in one parallel loop; each member must come out exactly as its own
+// matmul_forward would make it, on the GEMM path and the decode path.
+TEST_CASE("matmul group == its members' matmul_forward, bit for bit") {
+    Rng r = {32};
+    int C = 70, OCs[3] = {130, 16, 257};
+    for (int N : {1, 3, 8, 9, 300}) {
+        Vec x = normal_vec(N * C, &r);
+        std::vector<Vec> w, alone, grouped;
+        MatmulGroup g = {3, {}, {}, {}};
+        for (int i = 0; i < 3; i++) {
+            w.push_back(normal_vec(OCs[i] * C, &r));
+            alone.push_back(Vec(N * OCs[i]));
+            grouped.push_back(Vec(N * OCs[i], NAN));
+        }
+        for (int i = 0; i < 3; i++) {
+            cpu::ops.matmul_forward(alone[i].data(), x.data(), w[i].data(), nullptr, N, C, OCs[i]);
+            g.out[i] = grouped[i].data();
+            g.w[i] = w[i].data();
+            g.OC[i] = OCs[i];
+        }
+        cpu::ops.matmul_group_forward(&g, x.data(), N, C);
+        for (int i = 0; i < 3; i++) CHECK_MESSAGE(alone[i] == grouped[i], "N " << N << ", member " << i);
+    }
+}
+
 TEST_CASE("fd: swiglu and the GLA gate") {
     Rng r = {4};
     size_t n = 40;

@@ -34,7 +34,7 @@ inline Ops timed_cpu_ops() {
     STATEX_TIMED(zero); STATEX_TIMED(copy_states);
     STATEX_TIMED(encoder_forward); STATEX_TIMED(encoder_backward);
     STATEX_TIMED(rmsnorm_forward); STATEX_TIMED(rmsnorm_backward);
-    STATEX_TIMED(matmul_forward); STATEX_TIMED(matmul_backward);
+    STATEX_TIMED(matmul_forward); STATEX_TIMED(matmul_group_forward); STATEX_TIMED(matmul_backward);
     STATEX_TIMED(residual_forward); STATEX_TIMED(swiglu_forward); STATEX_TIMED(swiglu_backward);
     STATEX_TIMED(gla_gate_forward); STATEX_TIMED(gla_gate_backward);
     STATEX_TIMED(gla_recurrent_forward); STATEX_TIMED(gla_recurrent_backward);
