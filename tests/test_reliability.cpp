@@ -186,6 +186,19 @@ TEST_CASE("bad input matrix: each bad flag or file gives one error line naming i
     run("rm -rf " + d);
 }
 
+// --bench with size flags times the model those flags build, at --batch and
+// --seq-len; a model they cannot build is refused by name, as a run refuses it.
+TEST_CASE("bench: size flags, --batch and --seq-len choose what is timed") {
+    std::string out;
+    REQUIRE_MESSAGE(run(std::string("./train --bench ") + TINY_GLA + " --batch 2 --seq-len 32", &out) == 0, out);
+    CHECK_MESSAGE(out.find("custom        train B 2 T 32:") != std::string::npos, out);
+    REQUIRE_MESSAGE(run("./train --bench --preset tiny-gla --n-layer 1 --batch 3", &out) == 0, out);
+    CHECK_MESSAGE(out.find("tiny-gla*     train B 3 T 512:") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("params 0.") != std::string::npos, out);  // one layer of tiny-gla's 1.84M
+    CHECK(run("./train --bench --preset tiny-gla --key-dim 97", &out) == 1);
+    CHECK_MESSAGE(out.find("error: model config: layer 0: head count 2 must be >= 1 and divide key_dim 97") != std::string::npos, out);
+}
+
 TEST_CASE("checkpoint pair: an interrupted save is finished or dropped at the next start; stale temporaries go") {
     std::string d = tmpdir("pair"), out;
     std::string common = std::string("./train ") + TINY_GLA + " --steps 6 --batch 2 --seq-len 24 --warmup 2 --save-every 2 --quiet --seed 3";
