@@ -1142,10 +1142,11 @@ inline void mamba2_layer_forward(const Ops *op, Model *m, int l, int B, int T, f
     op->residual_forward(out, out, act->res, (size_t)BT * D);
 }
 
-// The whole forward. tokens, targets: in the backend's memory (targets may be
-// nullptr: no loss). The caller has checked forward_problem.
-inline void model_forward_pass(const Ops *op, Model *m, const int *tokens, const int *targets, int B, int T,
-                               RecState *state) {
+// The whole forward, in two parts: tokens to logits (every op; it writes
+// nothing but activations and the recurrent state), then the loss. tokens,
+// targets: in the backend's memory (targets may be nullptr: no loss). The
+// caller has checked forward_problem.
+inline void model_logits_pass(const Ops *op, Model *m, const int *tokens, int B, int T, RecState *state) {
     const Config *c = &m->config;
     Acts *a = &m->acts;
     int BT = B * T, D = c->d_model;
@@ -1157,10 +1158,20 @@ inline void model_forward_pass(const Ops *op, Model *m, const int *tokens, const
     }
     op->rmsnorm_forward(a->final_out, a->final_rstd, a->res_final, m->w.norm_w, BT, D);
     op->matmul_forward(a->logits, a->final_out, m->w.lm_head, nullptr, BT, D, c->vocab_size);
+}
+inline void model_loss_pass(const Ops *op, Model *m, const int *targets, int B, int T) {
+    const Config *c = &m->config;
+    Acts *a = &m->acts;
+    int BT = B * T;
     m->cur_B = B;
     m->cur_T = T;
     m->n_targets = 0;
     m->loss = targets ? op->crossentropy_forward(a->losses, &m->n_targets, a->logits, targets, BT, c->vocab_size) : 0.0f;
+}
+inline void model_forward_pass(const Ops *op, Model *m, const int *tokens, const int *targets, int B, int T,
+                               RecState *state) {
+    model_logits_pass(op, m, tokens, B, T, state);
+    model_loss_pass(op, m, targets, B, T);
 }
 
 // The backward passes walk the same ops in reverse. a->dres carries the

@@ -18,6 +18,8 @@
 #include "model.h"
 #include <algorithm>
 #include <omp.h>
+#include <atomic>
+#include <thread>
 #include <Eigen/Dense>
 
 namespace cpu {
@@ -43,9 +45,51 @@ static inline float silu_grad(float x) { return silu_grad_from(x, sigmoidf_(x));
 // shared by the ops: when a loop is worth threads; sums along a row
 
 // An op with less than about PAR_MIN floats of work runs on the calling thread
-// alone (its `if` clause): starting and joining the threads would cost more
-// than they save. A decode step (one token per sequence) is mostly such ops.
+// alone: starting and joining the threads would cost more than they save. A
+// decode step (one token per sequence) is mostly such ops.
 #define PAR_MIN 16384
+
+// parallel_for(n, work, body): body(i) for i = 0 .. n-1, each thread taking one
+// fixed block of i (a static schedule). It is `#pragma omp parallel for` with
+// two differences, both for the decode step, which is some thirty small ops:
+//   - with work < PAR_MIN it runs on the calling thread and never enters
+//     OpenMP: an `if` clause still opens a team of one, and libgomp ends every
+//     team with a barrier that makes a system call (about 1 us in a VM);
+//   - called inside a parallel region that is already open (cpu::model_forward
+//     opens one around a whole decode step), it starts no threads: every thread
+//     of that region calls the op, does its own block, and waits at
+//     team_barrier, which spins instead of sleeping. Small work then goes to
+//     thread 0 alone. Each i is computed the same way whichever thread takes
+//     it, so the results do not depend on the number of threads.
+static void team_barrier() {
+    static std::atomic<int> arrived{0}, phase{0};
+    int my_phase = phase.load(std::memory_order_relaxed);  // read before arriving: it cannot move until we have
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == omp_get_num_threads() - 1) {
+        arrived.store(0, std::memory_order_relaxed);        // the last to arrive resets the count and opens it
+        phase.store(my_phase + 1, std::memory_order_release);
+    } else {
+        for (long spins = 0; phase.load(std::memory_order_acquire) == my_phase; spins++) {
+#if defined(__x86_64__)
+            __builtin_ia32_pause();  // (tells the core we are waiting: a hyperthread sibling runs faster)
+#endif
+            if (spins > 20000) std::this_thread::yield();  // a long wait, or more threads than cores
+        }
+    }
+}
+template <typename F> static void parallel_for(long n, size_t work, F body) {
+    if (omp_in_parallel()) {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        long lo = n * id / nt, hi = n * (id + 1) / nt;
+        if (work < PAR_MIN) lo = 0, hi = id == 0 ? n : 0;
+        for (long i = lo; i < hi; i++) body(i);
+        team_barrier();
+    } else if (work < PAR_MIN || omp_get_max_threads() == 1) {
+        for (long i = 0; i < n; i++) body(i);
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (long i = 0; i < n; i++) body(i);
+    }
+}
 
 // sum_{i<n} f(i) in 4 x 16 partial sums, added up as a tree: the terms
 // vectorise and no add waits on the one before (a plain running sum does
@@ -65,8 +109,30 @@ template <typename F> static inline float sum_of(int n, F f) {
     for (; i < n; i++) s[0] += f(i);
     return s[0];
 }
+
+// dot(a, b, n): sum_of(n, a[i] * b[i]) written on 16-float vectors (GCC's
+// vector extension: one AVX-512 register, two AVX2 ones; + and * act lane by
+// lane), the partial sums in the same order. It is the inner loop of a decode
+// step's matrix-vector products, where rows are short (a few hundred floats):
+// sum_of's generic form leaves its partial sums in memory between the loop and
+// the final tree, and leaves its 16-wide tail unfused (a multiply, then an
+// add); here the sums stay in registers and every product is fused into its
+// sum, so results differ from sum_of's in the last bit for some n.
+typedef float vec16 __attribute__((vector_size(64)));
+static inline vec16 load16(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
 static inline float dot(const float *a, const float *b, int n) {
-    return sum_of(n, [&](int i) { return a[i] * b[i]; });
+    vec16 acc[4] = {};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 4; k++) acc[k] += load16(a + i + 16 * k) * load16(b + i + 16 * k);
+    for (; i + 16 <= n; i += 16) acc[0] += load16(a + i) * load16(b + i);
+    vec16 v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    float s[16];
+    memcpy(s, &v, sizeof s);
+    for (int half = 8; half >= 1; half /= 2)
+        for (int l = 0; l < half; l++) s[l] += s[l + half];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    return s[0];
 }
 
 // ----------------------------------------------------------------------------
@@ -92,8 +158,7 @@ static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH
 // embedding: out[t] = embed[token[t]]
 
 static void encoder_forward(float *out, const int *tokens, const float *embed, int BT, int D) {
-    #pragma omp parallel for if ((size_t)BT * D >= PAR_MIN)
-    for (int t = 0; t < BT; t++) memcpy(out + (size_t)t * D, embed + (size_t)tokens[t] * D, D * sizeof(float));
+    parallel_for(BT, (size_t)BT * D, [&](long t) { memcpy(out + t * D, embed + (size_t)tokens[t] * D, D * sizeof(float)); });
 }
 // dembed[token[t]] += dout[t]; two tokens may share a row, so threads own column blocks
 static void encoder_backward(float *dembed, const float *dout, const int *tokens, int BT, int D) {
@@ -114,14 +179,13 @@ static void encoder_backward(float *dembed, const float *dout, const int *tokens
 //   dx = rstd * (g - n * mean(g * n)),   dw += sum over rows of dout * n
 
 static void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int D) {
-    #pragma omp parallel for if ((size_t)N * D >= PAR_MIN)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * D;
-        float *y = out + (size_t)i * D;
+    parallel_for(N, (size_t)N * D, [&](long i) {
+        const float *x = inp + i * D;
+        float *y = out + i * D;
         float r = 1.0f / sqrtf(dot(x, x, D) / D + RMS_EPS);
         rstd[i] = r;
         for (int j = 0; j < D; j++) y[j] = x[j] * r * w[j];
-    }
+    });
 }
 
 // Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
@@ -183,8 +247,7 @@ static void matvec_column(float *out, const float *inp, const float *w, const fl
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
     if (N <= MATVEC_ROWS) {
-        #pragma omp parallel for schedule(static) if ((size_t)OC * C >= PAR_MIN)
-        for (int o = 0; o < OC; o++) matvec_column(out, inp, w, bias, o, N, C, OC);
+        parallel_for(OC, (size_t)OC * C, [&](long o) { matvec_column(out, inp, w, bias, o, N, C, OC); });
         return;
     }
     #pragma omp parallel for schedule(dynamic)
@@ -209,11 +272,10 @@ static void matmul_group_forward(const MatmulGroup *g, const float *inp, int N, 
     }
     auto member = [&](int *t) { int i = 0; while (*t >= per[i]) *t -= per[i++]; return i; };  // task -> (member, index)
     if (decode) {
-        #pragma omp parallel for schedule(static) if (work >= PAR_MIN)
-        for (int task = 0; task < tasks; task++) {
+        parallel_for(tasks, work, [&](long task) {
             int o = task, i = member(&o);
             matvec_column(g->out[i], inp, g->w[i], nullptr, o, N, C, g->OC[i]);
-        }
+        });
         return;
     }
     #pragma omp parallel for schedule(dynamic)
@@ -246,16 +308,14 @@ static void matmul_backward(float *dinp, float *dw, float *dbias, const float *d
 
 // residual: out = a + b (out may be a or b)
 static void residual_forward(float *out, const float *a, const float *b, size_t n) {
-    #pragma omp parallel for if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    parallel_for(n, n, [&](long i) { out[i] = a[i] + b[i]; });
 }
 
 // ----------------------------------------------------------------------------
 // SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
 
 static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
-    #pragma omp parallel for if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) h[i] = silu(g[i]) * u[i];
+    parallel_for(n, n, [&](long i) { h[i] = silu(g[i]) * u[i]; });
 }
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     #pragma omp parallel for
@@ -284,8 +344,7 @@ static inline float log1p_unit(float y) {
 }
 
 static void gla_gate_forward(float *a, const float *x, size_t n) {
-    #pragma omp parallel for if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) a[i] = (std::min(x[i], 0.0f) - log1p_unit(exp_fast(-fabsf(x[i])))) / 16.0f;
+    parallel_for(n, n, [&](long i) { a[i] = (std::min(x[i], 0.0f) - log1p_unit(exp_fast(-fabsf(x[i])))) / 16.0f; });
 }
 static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
     #pragma omp parallel for
@@ -306,27 +365,26 @@ static void gla_recurrent_forward(float *o, float *S, float *S_all, const float 
                            const float *a, int B, int T, int H, int K, int V) {
     int hk = K / H, hv = V / H;
     float scale = 1.0f / sqrtf((float)hk);
-    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * K * hv >= PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            float *Sbh = S + ((size_t)b * H + h) * hk * hv;
-            for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t;
-                const float *qt = q + row * K + h * hk, *kt = k + row * K + h * hk, *at = a + row * K + h * hk;
-                const float *vt = v + row * V + h * hv;
-                float *ot = o + row * V + h * hv;
-                for (int j = 0; j < hv; j++) ot[j] = 0;
-                for (int i = 0; i < hk; i++) {
-                    float decay = exp_fast(at[i]), qi = qt[i] * scale;
-                    float *Si = Sbh + (size_t)i * hv;
-                    for (int j = 0; j < hv; j++) {
-                        Si[j] = decay * Si[j] + kt[i] * vt[j];
-                        ot[j] += qi * Si[j];
-                    }
+    parallel_for(B * H, (size_t)B * T * K * hv, [&](long bh) {  // one (sequence, head) each
+        int b = bh / H, h = bh % H;
+        float *Sbh = S + ((size_t)b * H + h) * hk * hv;
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            const float *qt = q + row * K + h * hk, *kt = k + row * K + h * hk, *at = a + row * K + h * hk;
+            const float *vt = v + row * V + h * hv;
+            float *ot = o + row * V + h * hv;
+            for (int j = 0; j < hv; j++) ot[j] = 0;
+            for (int i = 0; i < hk; i++) {
+                float decay = exp_fast(at[i]), qi = qt[i] * scale;
+                float *Si = Sbh + (size_t)i * hv;
+                for (int j = 0; j < hv; j++) {
+                    Si[j] = decay * Si[j] + kt[i] * vt[j];
+                    ot[j] += qi * Si[j];
                 }
-                if (S_all) memcpy(S_all + (((size_t)b * H + h) * T + t) * hk * hv, Sbh, sizeof(float) * hk * hv);
             }
+            if (S_all) memcpy(S_all + (((size_t)b * H + h) * T + t) * hk * hv, Sbh, sizeof(float) * hk * hv);
         }
+    });
 }
 
 // Backward of the recurrent form, from a zero initial state, walking t down
@@ -675,13 +733,12 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
 //     do += rstd * (g - n * mean(g * n)),  dog += dout * n * w * silu'(og),  dw += dout * n * silu(og)
 
 static void head_norm_gate_forward(float *out, float *rstd, const float *o, const float *og, const float *w, int BT, int H, int dv) {
-    #pragma omp parallel for if ((size_t)BT * H * dv >= PAR_MIN)
-    for (int r = 0; r < BT * H; r++) {
-        size_t off = (size_t)r * dv;
+    parallel_for(BT * H, (size_t)BT * H * dv, [&](long r) {
+        size_t off = r * dv;
         float rs = 1.0f / sqrtf(dot(o + off, o + off, dv) / dv + RMS_EPS);
         rstd[r] = rs;
         for (int j = 0; j < dv; j++) out[off + j] = o[off + j] * rs * w[j] * silu(og[off + j]);
-    }
+    });
 }
 
 static void head_norm_gate_backward(float *do_, float *dog, float *dw, const float *dout, const float *o, const float *og,
@@ -722,34 +779,35 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 #define CONV_BLOCK 256
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
-    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * Cc >= PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int c0 = 0; c0 < Cc; c0 += CONV_BLOCK) {
-            int nb = std::min(CONV_BLOCK, Cc - c0);
-            float wt[64 * CONV_BLOCK], acc[CONV_BLOCK];
-            for (int j = 0; j < W; j++)
-                for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
-            for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t;
-                for (int c = 0; c < nb; c++) acc[c] = bias[c0 + c];
-                for (int j = 0; j < W; j++) {
-                    int tau = t - (W - 1) + j;
-                    const float *x = tau >= 0 ? in + ((size_t)b * T + tau) * in_stride + c0
-                                   : conv_state ? conv_state + ((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c0 : nullptr;
-                    if (!x) continue;  // zeros before t = 0
-                    for (int c = 0; c < nb; c++) acc[c] += wt[j * CONV_BLOCK + c] * x[c];
-                }
-                for (int c = 0; c < nb; c++) {
-                    pre[row * Cc + c0 + c] = acc[c];
-                    out[row * Cc + c0 + c] = silu(acc[c]);
-                }
+    int nblock = (Cc + CONV_BLOCK - 1) / CONV_BLOCK;
+    parallel_for(B * nblock, (size_t)B * T * Cc, [&](long task) {  // one (sequence, channel block) each
+        int b = task / nblock, c0 = task % nblock * CONV_BLOCK;
+        int nb = std::min(CONV_BLOCK, Cc - c0);
+        float wt[64 * CONV_BLOCK], acc[CONV_BLOCK];
+        for (int j = 0; j < W; j++)
+            for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            for (int c = 0; c < nb; c++) acc[c] = bias[c0 + c];
+            for (int j = 0; j < W; j++) {
+                int tau = t - (W - 1) + j;
+                const float *x = tau >= 0 ? in + ((size_t)b * T + tau) * in_stride + c0
+                               : conv_state ? conv_state + ((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c0 : nullptr;
+                if (!x) continue;  // zeros before t = 0
+                for (int c = 0; c < nb; c++) acc[c] += wt[j * CONV_BLOCK + c] * x[c];
+            }
+            for (int c = 0; c < nb; c++) {
+                pre[row * Cc + c0 + c] = acc[c];
+                out[row * Cc + c0 + c] = silu(acc[c]);
             }
         }
+    });
     if (!conv_state) return;
-    for (int b = 0; b < B; b++)  // keep the last W-1 inputs; ascending i reads index T+i >= i, so in place is safe
+    parallel_for(B, (size_t)B * (W - 1) * Cc, [&](long b) {  // keep the last W-1 inputs; ascending i reads index T+i >= i, so in place is safe
         for (int i = 0; i < W - 1; i++)
             for (int c = 0; c < Cc; c++)
                 conv_state[((size_t)b * (W - 1) + i) * Cc + c] = conv_input(in, in_stride, conv_state, b, T, T - (W - 1) + i, c, Cc, W);
+    });
 }
 
 // backward (zero initial window): g = dout * silu'(pre);  dbias[c] += sum_t g_t[c];
@@ -793,9 +851,9 @@ static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *d
 // d raw = d dt * sigmoid(raw + dt_bias); d dt_bias the same, summed.
 
 static void dt_softplus_forward(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
-    #pragma omp parallel for if (BT >= 64)  // (a few heads per token)
-    for (int r = 0; r < BT; r++)
-        for (int h = 0; h < nh; h++) dt[(size_t)r * nh + h] = softplusf(raw[(size_t)r * raw_stride + h] + bias[h]);
+    parallel_for(BT, (size_t)BT * PAR_MIN / 64, [&](long r) {  // (a few heads per token: threads from 64 tokens on)
+        for (int h = 0; h < nh; h++) dt[r * nh + h] = softplusf(raw[r * raw_stride + h] + bias[h]);
+    });
 }
 static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, const float *ddt, const float *raw, int raw_stride,
                           const float *bias, int BT, int nh) {
@@ -818,22 +876,21 @@ static void dt_softplus_backward(float *draw, int draw_stride, float *dbias, con
 static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float *xbc, const float *dt, const float *A_log,
                            const float *Dskip, int B, int T, int nh, int P, int N) {
     int E = nh * P, Cc = E + 2 * N;
-    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * T * nh * P * N >= PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < nh; h++) {
-            float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
-            for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t;
-                const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
-                float dtt = dt[row * nh + h], decay = expf(dtt * A);
-                for (int p = 0; p < P; p++) {
-                    float *hp = hb + (size_t)p * N, xp = dtt * x[p];
-                    for (int n = 0; n < N; n++) hp[n] = decay * hp[n] + xp * Bt[n];
-                    y[row * E + h * P + p] = dot(Ct, hp, N) + Dskip[h] * x[p];
-                }
-                if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
+    parallel_for(B * nh, (size_t)B * T * nh * P * N, [&](long bh) {  // one (sequence, head) each
+        int b = bh / nh, h = bh % nh;
+        float *hb = hs + ((size_t)b * nh + h) * P * N, A = -expf(A_log[h]);
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
+            float dtt = dt[row * nh + h], decay = expf(dtt * A);
+            for (int p = 0; p < P; p++) {
+                float *hp = hb + (size_t)p * N, xp = dtt * x[p];
+                for (int n = 0; n < N; n++) hp[n] = decay * hp[n] + xp * Bt[n];
+                y[row * E + h * P + p] = dot(Ct, hp, N) + Dskip[h] * x[p];
             }
+            if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
         }
+    });
 }
 
 // Backward of the recurrent form from a zero initial state, walking t down:
@@ -1148,15 +1205,14 @@ static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float
 // dz += dg * y * silu'(z). z rows have stride z_stride (slice of in_proj out).
 
 static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
-    #pragma omp parallel for if ((size_t)BT * E >= PAR_MIN)
-    for (int r = 0; r < BT; r++) {
-        const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride;
-        float *o = out + (size_t)r * E;
+    parallel_for(BT, (size_t)BT * E, [&](long r) {
+        const float *yr = y + r * E, *zr = z + r * z_stride;
+        float *o = out + r * E;
         for (int j = 0; j < E; j++) o[j] = yr[j] * silu(zr[j]);
         float rs = 1.0f / sqrtf(dot(o, o, E) / E + RMS_EPS);
         rstd[r] = rs;
         for (int j = 0; j < E; j++) o[j] = o[j] * rs * w[j];
-    }
+    });
 }
 
 static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
@@ -1383,7 +1439,20 @@ void state_free(RecState *s) { free(s->mem); s->mem = nullptr; }
 void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
     std::string e = forward_problem(m, B, T, state);
     if (!e.empty()) die("model_forward: %s", e.c_str());
-    model_forward_pass(&ops, m, inputs, targets, B, T, state);
+    // A decode step (one token per sequence, a few sequences) runs all its ops
+    // in one parallel region: each op's parallel_for splits its loop among the
+    // region's threads and ends at a spinning barrier, so the step pays for
+    // starting threads once rather than once per op (see parallel_for). Every
+    // op of the recurrent form's logits pass goes through parallel_for; the
+    // matmuls stay on their matrix-vector path (B <= MATVEC_ROWS).
+    bool one_region = T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && omp_get_max_threads() > 1;
+    if (one_region) {
+        #pragma omp parallel
+        model_logits_pass(&ops, m, inputs, B, T, state);
+    } else {
+        model_logits_pass(&ops, m, inputs, B, T, state);
+    }
+    model_loss_pass(&ops, m, targets, B, T);
     m->inputs = inputs;
     m->targets = targets;
 }

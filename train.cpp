@@ -17,7 +17,6 @@
 #include "tools/profile.h"
 #include "data/tasks.h"
 #include <omp.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/file.h>
 
@@ -215,13 +214,6 @@ static void check_options(const Options *o) {
 }
 
 // ----------------------------------------------------------------------------
-static double peak_rss_mb() {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;
-}
-
-// ----------------------------------------------------------------------------
 // --debug-state: one forward and backward on the inputs of a debug-state file
 
 static int run_debug_state(const Options *o) {
@@ -288,6 +280,7 @@ static int run_bench(const Options *o) {
         for (const std::string &name : names) {
             Config c = o->config;  // a preset, or the size flags' model
             if (!o->config_given) preset_config(name, &c);
+            reset_peak_rss();  // this model's own peak
             Model m;
             cpu::model_init(&m, &c, nullptr);
             cpu::model_random_init(&m, 1);

@@ -3,6 +3,7 @@
 // bad input gets a clear error with nothing overwritten.
 #include "test_util.h"
 #include "../data/tasks.h"
+#include <omp.h>
 
 static int run(const std::string &cmd, std::string *out = nullptr) { return run_command(cmd, out); }
 static std::string tmpdir() {
@@ -332,4 +333,49 @@ TEST_CASE("statex post-training: --train-only-expanded and --expanded-lr-scale")
     free(p);
     free(pe);
     run("rm -rf " + d);
+}
+
+// A decode step with more than one thread runs all its ops in one parallel
+// region, each op splitting its loop among the threads and ending at a spinning
+// barrier (statex_cpu.cpp, parallel_for); one thread runs the ops one after
+// another without OpenMP. Each number is computed the same way either way, so
+// the logits and the recurrent state must match bit for bit, for one row and
+// for a few, and for thread counts that split the loops unevenly.
+TEST_CASE("generation: a decode step on 1, 2 or 3 threads gives the same logits and state, bit for bit") {
+    int threads = omp_get_max_threads();
+    for (const char *preset : {"exp-gla", "exp-mamba2"}) {
+        Config c;
+        preset_config(preset, &c);
+        Model m;
+        cpu::model_init(&m, &c, nullptr);
+        cpu::model_random_init(&m, 8);
+        liven(&m, 9);
+        for (int B : {1, 3}) {
+            cpu::model_alloc_acts(&m, B, 1);
+            m.mixer_form = MIX_RECURRENT;
+            std::vector<float> logits[3], state[3];
+            for (int nt = 1; nt <= 3; nt++) {
+                omp_set_num_threads(nt);
+                RecState st;
+                cpu::state_alloc(&c, B, &st);
+                Rng r = {11};
+                std::vector<int> tok(B);
+                for (int t = 0; t < 12; t++) {
+                    for (int &x : tok) x = rng_int(&r, 256);
+                    cpu::model_forward(&m, tok.data(), nullptr, B, 1, &st);
+                    logits[nt - 1].insert(logits[nt - 1].end(), m.acts.logits, m.acts.logits + (size_t)B * c.vocab_size);
+                }
+                for (int l = 0; l < c.n_layer; l++)
+                    state[nt - 1].insert(state[nt - 1].end(), st.layer[l], st.layer[l] + cpu::state_floats(&c, l, B));
+                cpu::state_free(&st);
+            }
+            omp_set_num_threads(threads);
+            CAPTURE(preset); CAPTURE(B);
+            CHECK(logits[0] == logits[1]);
+            CHECK(logits[0] == logits[2]);
+            CHECK(state[0] == state[1]);
+            CHECK(state[0] == state[2]);
+        }
+        cpu::model_free(&m);
+    }
 }

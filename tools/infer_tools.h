@@ -56,14 +56,14 @@ static int run_bench(const InferOptions *o) {
         double bw = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, threads) : 0;
         double bw1 = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, 1) : 0;
         double f = forward_flops_per_token(&c, true), pre, dec;
+        reset_peak_rss();  // this model's own peak (at batch 1)
         Generator g;
         gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
         bench_generate(&g, 2048, &pre, &dec);
+        double rss = peak_rss_mb();
         gen_close(&g);
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
         printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, "
-               "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, dec, f / 1e6, dec * f / 1e9, ru.ru_maxrss / 1024.0);
+               "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, dec, f / 1e6, dec * f / 1e9, rss);
         if (bw > 0)
             printf("%-13s   %.2f MB read per token; read bandwidth (same run) %.1f GB/s on %d threads, %.1f GB/s on 1 "
                    "-> bound %.0f tok/s; generation at %.0f%% of the %d-thread bound\n", name.c_str(),
