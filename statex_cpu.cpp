@@ -111,25 +111,37 @@ template <typename F> static inline float sum_of(int n, F f) {
     return s[0];
 }
 
-// dot(a, b, n): sum_of(n, a[i] * b[i]) written on 16-float vectors (GCC's
-// vector extension: one AVX-512 register, two AVX2 ones; + and * act lane by
-// lane), the partial sums in the same order. It is the inner loop of a decode
-// step's matrix-vector products, where rows are short (a few hundred floats):
-// sum_of's generic form leaves its partial sums in memory between the loop and
-// the final tree, and leaves its 16-wide tail unfused (a multiply, then an
-// add); here the sums stay in registers and every product is fused into its
-// sum, so results differ from sum_of's in the last bit for some n.
-typedef float vec16 __attribute__((vector_size(64)));
-static inline vec16 load16(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
+// vecf: VEC floats, one machine vector register, through GCC's vector
+// extension (+ and * act lane by lane). A type wider than the machine's
+// registers (16 floats on AVX2) compiles to shuffles through memory.
+#if defined(__AVX512F__)
+#define VEC 16
+#elif defined(__AVX__)
+#define VEC 8
+#else
+#define VEC 4
+#endif
+typedef float vecf __attribute__((vector_size(VEC * sizeof(float))));
+static inline vecf loadv(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
+
+// dot(a, b, n) = sum_of(n, a[i] * b[i]): the same 64 partial sums (element
+// i + j of each 64 goes to sum j) and the same tree after them, on any ISA,
+// but written on machine vectors so that the sums stay in registers through
+// the loop (sum_of's generic form keeps them in memory there). It is the inner
+// loop of a decode step's matrix-vector products, whose rows are short. Every
+// product is fused into its sum, which sum_of's 16-wide tail does not do, so
+// the last bit can differ from sum_of's for some n.
 static inline float dot(const float *a, const float *b, int n) {
-    vec16 acc[4] = {};
+    vecf acc[64 / VEC] = {};
     int i = 0;
     for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 4; k++) acc[k] += load16(a + i + 16 * k) * load16(b + i + 16 * k);
-    for (; i + 16 <= n; i += 16) acc[0] += load16(a + i) * load16(b + i);
-    vec16 v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        for (int k = 0; k < 64 / VEC; k++) acc[k] += loadv(a + i + k * VEC) * loadv(b + i + k * VEC);
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16 / VEC; k++) acc[k] += loadv(a + i + k * VEC) * loadv(b + i + k * VEC);
+    vecf v[16 / VEC];  // sum l < 16 of the tree = (sum l + sum 16+l) + (sum 32+l + sum 48+l)
+    for (int q = 0; q < 16 / VEC; q++) v[q] = (acc[q] + acc[q + 16 / VEC]) + (acc[q + 32 / VEC] + acc[q + 48 / VEC]);
     float s[16];
-    memcpy(s, &v, sizeof s);
+    memcpy(s, v, sizeof s);
     for (int half = 8; half >= 1; half /= 2)
         for (int l = 0; l < half; l++) s[l] += s[l + half];
     for (; i < n; i++) s[0] += a[i] * b[i];
