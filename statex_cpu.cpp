@@ -910,8 +910,10 @@ static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float
             for (int p = 0; p < P; p++) {
                 float *hp = hb + (size_t)p * N, xp = dtt * x[p];
                 for (int n = 0; n < N; n++) hp[n] = decay * hp[n] + xp * Bt[n];
-                y[row * E + h * P + p] = dot(Ct, hp, N) + Dskip[h] * x[p];
             }
+            float *yt = y + row * E + h * P;  // y = h C: one matrix-vector product (Eigen sums several rows at a time)
+            Eigen::Map<Eigen::VectorXf>(yt, P).noalias() = MapCM(hb, P, N) * Eigen::Map<const Eigen::VectorXf>(Ct, N);
+            for (int p = 0; p < P; p++) yt[p] += Dskip[h] * x[p];
             if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
         }
     });
