@@ -522,7 +522,8 @@ static float *gla_state_at(const float *Sbh, float *group, int c, int nc, size_t
 
 // The chunk's decays, as running products of the steps' e^{a_t}: e^{b_t}
 // forward from the chunk's start, e^{b_last - b_t} back from its end; and from
-// them the rows Qd and Kd that meet the states.
+// them the rows Qd and Kd that meet the states (q == nullptr: Kd only, all the
+// state update needs, for the backward's recompute of the states).
 static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, const float *k, const float *a) {
     int len = ch->len, hk = ch->hk;
     for (int t = 0; t < len; t++) {
@@ -539,10 +540,9 @@ static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, cons
     }
     for (int t = 0; t < len; t++) {
         size_t off = (ch->row0 + t) * ch->K + ch->h * hk;
-        for (int i = 0; i < hk; i++) {
-            w->qd[t * hk + i] = ch->scale * q[off + i] * w->from_start[t * hk + i];
-            w->kd[t * hk + i] = k[off + i] * w->to_end[t * hk + i];
-        }
+        for (int i = 0; i < hk; i++) w->kd[t * hk + i] = k[off + i] * w->to_end[t * hk + i];
+        if (q)
+            for (int i = 0; i < hk; i++) w->qd[t * hk + i] = ch->scale * q[off + i] * w->from_start[t * hk + i];
     }
 }
 
@@ -720,7 +720,7 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
                 int c1 = std::min(nc, c0 + E);
                 for (int c = c0; c + 1 < c1; c++) {  // the states entering chunks c0+1 .. c1-1
                     GlaChunk ch = {(size_t)b * T + (size_t)c * C, std::min(C, T - c * C), h, K, V, hk, hv, scale};
-                    gla_chunk_decay(&w, &ch, q, k, a);
+                    gla_chunk_decay(&w, &ch, nullptr, k, a);
                     gla_chunk_state(gla_state_at(Sbh, w.group, c + 1, nc, X), gla_state_at(Sbh, w.group, c, nc, X), &w,
                                     &ch, v);
                 }
@@ -1470,8 +1470,12 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
     // region's threads and ends at a spinning barrier, so the step pays for
     // starting threads once rather than once per op (see parallel_for). Every
     // op of the recurrent form's logits pass goes through parallel_for; the
-    // matmuls stay on their matrix-vector path (B <= MATVEC_ROWS).
-    bool one_region = T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && omp_get_max_threads() > 1;
+    // matmuls stay on their matrix-vector path (B <= MATVEC_ROWS). Not with
+    // more threads than processors: a spinning barrier then waits for threads
+    // the system has put aside (4 threads on 2 cores: 40 tokens/s, not 4000).
+    int threads = omp_get_max_threads();
+    bool one_region = T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && threads > 1 &&
+                      threads <= omp_get_num_procs();
     if (one_region) {
         #pragma omp parallel
         model_logits_pass(&ops, m, inputs, B, T, state);

@@ -335,12 +335,14 @@ TEST_CASE("statex post-training: --train-only-expanded and --expanded-lr-scale")
     run("rm -rf " + d);
 }
 
-// A decode step with more than one thread runs all its ops in one parallel
-// region, each op splitting its loop among the threads and ending at a spinning
-// barrier (statex_cpu.cpp, parallel_for); one thread runs the ops one after
-// another without OpenMP. Each number is computed the same way either way, so
-// the logits and the recurrent state must match bit for bit, for one row and
-// for a few, and for thread counts that split the loops unevenly.
+// A decode step with more than one thread (and no more threads than
+// processors) runs all its ops in one parallel region, each op splitting its
+// loop among the threads and ending at a spinning barrier (statex_cpu.cpp,
+// parallel_for); one thread runs the ops one after another without OpenMP;
+// more threads than processors take one parallel region per op. Each number is
+// computed the same way in every case, so the logits and the recurrent state
+// must match bit for bit, for one row and for a few, and for thread counts
+// that split the loops unevenly.
 TEST_CASE("generation: a decode step on 1, 2 or 3 threads gives the same logits and state, bit for bit") {
     int threads = omp_get_max_threads();
     for (const char *preset : {"exp-gla", "exp-mamba2"}) {
