@@ -61,7 +61,8 @@ static inline float silu_grad(float x) { return silu_grad_from(x, sigmoidf_(x));
 //     team_barrier, which spins instead of sleeping. Small work then goes to
 //     thread 0 alone (splitting it too measured 4% slower on a decode step).
 // Each i is computed the same way whichever thread takes it, so the results
-// do not depend on the number of threads.
+// do not depend on the number of threads. (team_barrier's counters are
+// static: one such region at a time in a process, as ./infer runs.)
 static void team_barrier() {
     static std::atomic<int> arrived{0}, phase{0};
     int my_phase = phase.load(std::memory_order_relaxed);  // read before arriving: it cannot move until we have
