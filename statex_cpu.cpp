@@ -1474,9 +1474,10 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
     // matmuls stay on their matrix-vector path (B <= MATVEC_ROWS). Not with
     // more threads than processors: a spinning barrier then waits for threads
     // the system has put aside (4 threads on 2 cores: 40 tokens/s, not 4000).
+    static const int processors = omp_get_num_procs();  // (asked once: each call is a system call)
     int threads = omp_get_max_threads();
     bool one_region = T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && threads > 1 &&
-                      threads <= omp_get_num_procs();
+                      threads <= processors;
     if (one_region) {
         #pragma omp parallel
         model_logits_pass(&ops, m, inputs, B, T, state);

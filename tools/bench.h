@@ -33,8 +33,8 @@ inline std::string machine_line() {
 // size of what a decode step reads: from cache when it fits, else memory), on
 // `threads` threads: each thread sums its own slice again and again, for about
 // 0.3 s. It keeps 4 x 16 independent partial sums: with one vector of sums,
-// each add waits for the one before and the loop measures that wait (a third
-// less than the cache delivers, on the machine where this was found).
+// each add waits for the one before and the loop measures that wait (10 to
+// 25% less than the cache delivers, on the machine where this was found).
 inline double read_bandwidth_gbs(size_t bytes, int threads) {
     size_t n = (std::max<size_t>(bytes, 1 << 16) / sizeof(float) + 63) & ~(size_t)63;
     float *buf = xcalloc_floats(n);
