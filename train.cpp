@@ -318,7 +318,7 @@ static int run_bench(const Options *o) {
             double tps = B * T / median(step_s), flops = 3 * forward_flops_per_token(&c, false), g = median(gemm);
             printf("%-13s train B %d T %d: %7.0f tokens/s  %5.1f MFLOP/token  %6.1f GFLOP/s = %.0f%% of GEMM %.1f GFLOP/s  peak RSS %.0f MB  params %.2fM\n",
                    name.c_str(), B, T, tps, flops / 1e6, tps * flops / 1e9, 100 * tps * flops / 1e9 / g, g, peak_rss_mb(), m.num_params / 1e6);
-            if (o->profile) print_op_profile(t_total);
+            if (o->profile) print_op_profile(t_total, g);
             cpu::model_free(&m);
         }
         printf("  medians of %d steps; GEMM: float32 %d x 768 x 256, the faster of Eigen parallel and our row blocks, %d threads,\n"

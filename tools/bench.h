@@ -5,20 +5,28 @@
 #include "../model.h"
 #include <omp.h>
 
-// "CPU model, the ISA this binary was built for, N threads"
+// "CPU model (family F, model M), the ISA this binary was built for, N
+// threads". The family and model numbers name the CPU generation where the
+// model name does not (a VM may report just "AMD EPYC").
 inline std::string machine_line() {
-    std::string model = "unknown CPU";
+    std::string name, family, number;
     FILE *f = fopen("/proc/cpuinfo", "r");  // (a proc file: its size reads as 0, so read it by lines)
     char line[512];
-    while (f && fgets(line, sizeof line, f)) {
+    auto take = [&](const char *key, std::string *out) {  // "key<blanks>: value"
+        size_t n = strlen(key);
         const char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon) {
-            model = colon + 2;
-            while (!model.empty() && (model.back() == '\n' || model.back() == ' ')) model.pop_back();
-            break;
-        }
+        if (!colon || !out->empty() || strncmp(line, key, n) != 0 || strspn(line + n, " \t") != (size_t)(colon - line) - n) return;
+        *out = colon[1] == ' ' ? colon + 2 : colon + 1;
+        while (!out->empty() && (out->back() == '\n' || out->back() == ' ')) out->pop_back();
+    };
+    while (f && fgets(line, sizeof line, f) && line[0] != '\n') {  // the first processor's lines
+        take("model name", &name);
+        take("cpu family", &family);
+        take("model", &number);
     }
     if (f) fclose(f);
+    std::string model = name.empty() ? "unknown CPU" : name;
+    if (!family.empty()) model += " (family " + family + ", model " + number + ")";
 #if defined(__AVX512F__)
     const char *isa = "AVX-512";
 #elif defined(__AVX2__)

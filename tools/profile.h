@@ -9,6 +9,7 @@
 struct OpProfile {
     std::map<std::string, double> seconds;  // per op name
     std::map<std::string, long> calls;
+    double matmul_flops = 0;                // of all matmul calls, to give their rate
 };
 inline OpProfile &op_profile() {
     static OpProfile p;
@@ -48,12 +49,32 @@ inline Ops timed_cpu_ops() {
     STATEX_TIMED(crossentropy_forward); STATEX_TIMED(crossentropy_backward);
     STATEX_TIMED(adamw_update);
 #undef STATEX_TIMED
+    // the matmuls also count their FLOPs (2 per multiply-add), for their rate
+    t.matmul_forward = [](float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
+        OpTimer timer("matmul_forward");
+        op_profile().matmul_flops += 2.0 * N * C * OC;
+        cpu::ops.matmul_forward(out, inp, w, bias, N, C, OC);
+    };
+    t.matmul_group_forward = [](const MatmulGroup *g, const float *inp, int N, int C) {
+        OpTimer timer("matmul_group_forward");
+        for (int i = 0; i < g->n; i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
+        cpu::ops.matmul_group_forward(g, inp, N, C);
+    };
+    t.matmul_backward = [](float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N,
+                           int C, int OC) {
+        OpTimer timer("matmul_backward");
+        op_profile().matmul_flops += 2.0 * N * C * OC * ((dinp ? 1 : 0) + (dw ? 1 : 0));
+        cpu::ops.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
+    };
     return t;
 }
 
 // Prints each op's share of `step_seconds` (the measured steps' total), the
-// largest first, and what no op accounts for (the gradient norm, the glue).
-inline void print_op_profile(double step_seconds) {
+// largest first, and what no op accounts for (the gradient norm, the glue);
+// then the matmuls' own rate against `gemm_gflops`, the same-run GEMM rate:
+// how far the step's rate is from the GEMM's because of the matmuls, and how
+// far because of everything else.
+inline void print_op_profile(double step_seconds, double gemm_gflops) {
     std::vector<std::pair<double, std::string>> rows;
     double sum = 0;
     for (auto &kv : op_profile().seconds) { rows.push_back({kv.second, kv.first}); sum += kv.second; }
@@ -63,4 +84,12 @@ inline void print_op_profile(double step_seconds) {
         if (r.first / step_seconds >= 0.001)
             printf("  %-26s %6.1f%% %8ld\n", r.second.c_str(), 100 * r.first / step_seconds, op_profile().calls[r.second]);
     printf("  %-26s %6.1f%%\n", "(gradient norm, the rest)", 100 * (step_seconds - sum) / step_seconds);
+    double mm_seconds = 0;
+    for (const char *op : {"matmul_forward", "matmul_group_forward", "matmul_backward"})
+        if (op_profile().seconds.count(op)) mm_seconds += op_profile().seconds[op];
+    if (mm_seconds > 0) {
+        double rate = op_profile().matmul_flops / mm_seconds / 1e9;
+        printf("  the matmuls: %.1f GFLOP/s = %.0f%% of the GEMM rate, in %.1f%% of the step; every other op %.1f%%\n", rate,
+               100 * rate / gemm_gflops, 100 * mm_seconds / step_seconds, 100 * (1 - mm_seconds / step_seconds));
+    }
 }
