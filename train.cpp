@@ -248,12 +248,6 @@ static int run_debug_state(const Options *o) {
 // ----------------------------------------------------------------------------
 // --bench: training throughput at B 8, T 512
 
-static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static int run_bench(const Options *o) {
     std::vector<std::string> names;
     if (!o->preset.empty()) names.push_back(o->preset);

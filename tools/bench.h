@@ -37,13 +37,20 @@ inline std::string machine_line() {
     return strf("%s, built for %s, %d threads", model.c_str(), isa, omp_get_max_threads());
 }
 
+// The median of some timings (the benchmarks time side by side and take medians)
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 // The read bandwidth of this machine, in GB/s, over a buffer of `bytes` (the
 // size of what a decode step reads: from cache when it fits, else memory), on
 // `threads` threads: each thread sums its own slice again and again, for about
-// 0.3 s. It keeps 4 x 16 independent partial sums: with one vector of sums,
+// `duration` seconds. It keeps 4 x 16 independent partial sums: with one vector of sums,
 // each add waits for the one before and the loop measures that wait (10 to
 // 25% less than the cache delivers, on the machine where this was found).
-inline double read_bandwidth_gbs(size_t bytes, int threads) {
+inline double read_bandwidth_gbs(size_t bytes, int threads, double duration) {
     size_t n = (std::max<size_t>(bytes, 1 << 16) / sizeof(float) + 63) & ~(size_t)63;
     float *buf = xcalloc_floats(n);
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i % 7);
@@ -63,7 +70,7 @@ inline double read_bandwidth_gbs(size_t bytes, int threads) {
                     for (int j = 0; j < 16; j++) acc[k][j] += buf[i + 16 * k + j];
             mine++;
             t = now_seconds() - t0;
-        } while (t < 0.3);
+        } while (t < duration);
         for (int k = 0; k < 4; k++)
             for (int j = 0; j < 16; j++) sink += acc[k][j];
         seconds = t;

@@ -18,22 +18,35 @@
 // the bandwidth is measured in the same run on a buffer of the same size.
 // Batched generation (B 8) reads the weights once for 8 tokens.
 
-// Times prefill of 512 tokens and `n` decode steps of B rows; tokens/s of both.
-static void bench_generate(Generator *g, int n, double *prefill_tps, double *decode_tps) {
+// Times prefill of 512 tokens, then `rounds` rounds of `n` decode steps of B
+// rows. Returns the prefill's tokens/s and each round's decode tokens/s; with
+// bytes > 0, each round is followed by a short read-bandwidth timing over that
+// many bytes, on the run's threads and on one (GB/s). The speed of these shared
+// machines drifts within seconds, so a bandwidth timed once beside a whole
+// generation made the ratio move by 10 points between runs of one binary;
+// rounds timed side by side, and their medians, do not.
+static double bench_generate(Generator *g, int rounds, int n, double bytes, std::vector<double> *decode_tps,
+                             std::vector<double> *bw, std::vector<double> *bw1) {
     int B = g->B, V = g->m.config.vocab_size;
     Rng rng = {3};
     std::vector<int> prompt((size_t)B * 512), next(B);
     for (int &t : prompt) t = 32 + rng_int(&rng, 95);
     double t0 = now_seconds();
     gen_feed(g, prompt.data(), 512);
-    double t1 = now_seconds();
-    for (int i = 0; i < n; i++) {
-        for (int b = 0; b < B; b++) next[b] = sample(gen_logits(g, b, g->last_len - 1), V, 0.8f, 0, &rng);
-        gen_feed(g, next.data(), 1);
+    double prefill_tps = B * 512.0 / (now_seconds() - t0);
+    for (int r = 0; r < rounds; r++) {
+        t0 = now_seconds();
+        for (int i = 0; i < n; i++) {
+            for (int b = 0; b < B; b++) next[b] = sample(gen_logits(g, b, g->last_len - 1), V, 0.8f, 0, &rng);
+            gen_feed(g, next.data(), 1);
+        }
+        decode_tps->push_back((double)B * n / (now_seconds() - t0));
+        if (bytes > 0) {
+            bw->push_back(read_bandwidth_gbs((size_t)bytes, omp_get_max_threads(), 0.05));
+            bw1->push_back(read_bandwidth_gbs((size_t)bytes, 1, 0.05));
+        }
     }
-    double t2 = now_seconds();
-    *prefill_tps = B * 512.0 / (t1 - t0);
-    *decode_tps = (double)B * n / (t2 - t1);
+    return prefill_tps;
 }
 
 static int run_bench(const InferOptions *o) {
@@ -53,28 +66,31 @@ static int run_bench(const InferOptions *o) {
         for (int l = 0; l < c.n_layer; l++) state_bytes += 4.0 * layer_state_floats(&c, l);
         double bytes = 4.0 * matmul_weights(&c) + 2 * state_bytes;  // weights read, state read and written
         int threads = omp_get_max_threads();
-        double bw = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, threads) : 0;
-        double bw1 = o->device == "cpu" ? read_bandwidth_gbs((size_t)bytes, 1) : 0;
-        double f = forward_flops_per_token(&c, true), pre, dec;
+        double f = forward_flops_per_token(&c, true);
+        std::vector<double> dec, bw, bw1;
         reset_peak_rss();  // this model's own peak (at batch 1)
         Generator g;
         gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
-        bench_generate(&g, 2048, &pre, &dec);
-        double rss = peak_rss_mb();
+        double pre = bench_generate(&g, 8, 256, o->device == "cpu" ? bytes : 0, &dec, &bw, &bw1);
+        double rss = peak_rss_mb(), tps = median(dec);
         gen_close(&g);
         printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, "
-               "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, dec, f / 1e6, dec * f / 1e9, rss);
-        if (bw > 0)
+               "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, tps, f / 1e6, tps * f / 1e9, rss);
+        if (!bw.empty())
             printf("%-13s   %.2f MB read per token; read bandwidth (same run) %.1f GB/s on %d threads, %.1f GB/s on 1 "
-                   "-> bound %.0f tok/s; generation at %.0f%% of the %d-thread bound\n", name.c_str(),
-                   bytes / 1e6, bw, threads, bw1, bw * 1e9 / bytes, 100.0 * dec / (bw * 1e9 / bytes), threads);
+                   "-> bound %.0f tok/s; generation at %.0f%% of the %d-thread bound\n", name.c_str(), bytes / 1e6,
+                   median(bw), threads, median(bw1), median(bw) * 1e9 / bytes, 100.0 * tps / (median(bw) * 1e9 / bytes),
+                   threads);
         Generator gb;
         gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
-        bench_generate(&gb, 256, &pre, &dec);
+        dec.clear();
+        pre = bench_generate(&gb, 1, 256, 0, &dec, &bw, &bw1);
         gen_close(&gb);
         printf("%-13s generate B 8 (%s): prefill %6.0f tok/s, generation %6.0f tok/s (all rows)\n", name.c_str(),
-               o->device.c_str(), pre, dec);
+               o->device.c_str(), pre, dec[0]);
     }
+    if (o->device == "cpu")
+        printf("  medians of 8 rounds of 256 decode steps at B 1, each round followed by a 0.05 s bandwidth timing\n");
     return 0;
 }
 
