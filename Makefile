@@ -203,7 +203,7 @@ bench-gpu: $(BIN_TRAIN) $(BIN_INFER)
 	@./infer --bench --device cuda
 
 train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
-	./train --preset tiny-mamba2 --n-layer 4 --d-state 16 --batch 4 --lr 4e-3 --steps 4000 --eval-every 250 \
+	./train --preset tiny-mamba2 --n-layer 4 --d-state 16 --batch 4 --lr 4e-3 --steps 3400 --eval-every 200 \
 	  --out out/tiny-mamba2.bin
 	./infer --model out/tiny-mamba2.bin --prompt "The " --max-tokens 400 --seed 1
 

@@ -4,6 +4,7 @@
 #pragma once
 #include "../model.h"
 #include <omp.h>
+#include <malloc.h>
 
 // "CPU model (family F, model M), the ISA this binary was built for, N
 // threads". The family and model numbers name the CPU generation where the
@@ -94,6 +95,7 @@ inline double peak_rss_mb() {
     return mb;
 }
 inline void reset_peak_rss() {
+    malloc_trim(0);  // first hand freed heap memory back, so the new peak starts from what is in use
     FILE *f = fopen("/proc/self/clear_refs", "w");
     if (f) { fputs("5", f); fclose(f); }
 }

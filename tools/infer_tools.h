@@ -24,22 +24,32 @@
 // many bytes, on the run's threads and on one (GB/s). The speed of these shared
 // machines drifts within seconds, so a bandwidth timed once beside a whole
 // generation made the ratio move by 10 points between runs of one binary;
-// rounds timed side by side, and their medians, do not.
+// rounds timed side by side, and their medians, do not. An untimed first pass
+// (the prefill and 16 steps) warms the machine up (a cold prefill measured
+// half the speed) and gives the peak memory, in MB, before any bandwidth
+// buffer exists.
 static double bench_generate(Generator *g, int rounds, int n, double bytes, std::vector<double> *decode_tps,
-                             std::vector<double> *bw, std::vector<double> *bw1) {
+                             std::vector<double> *bw, std::vector<double> *bw1, double *peak_mb) {
     int B = g->B, V = g->m.config.vocab_size;
     Rng rng = {3};
     std::vector<int> prompt((size_t)B * 512), next(B);
     for (int &t : prompt) t = 32 + rng_int(&rng, 95);
+    auto decode = [&](int steps) {
+        for (int i = 0; i < steps; i++) {
+            for (int b = 0; b < B; b++) next[b] = sample(gen_logits(g, b, g->last_len - 1), V, 0.8f, 0, &rng);
+            gen_feed(g, next.data(), 1);
+        }
+    };
+    gen_feed(g, prompt.data(), 512);
+    decode(16);
+    *peak_mb = peak_rss_mb();
+    gen_reset(g);
     double t0 = now_seconds();
     gen_feed(g, prompt.data(), 512);
     double prefill_tps = B * 512.0 / (now_seconds() - t0);
     for (int r = 0; r < rounds; r++) {
         t0 = now_seconds();
-        for (int i = 0; i < n; i++) {
-            for (int b = 0; b < B; b++) next[b] = sample(gen_logits(g, b, g->last_len - 1), V, 0.8f, 0, &rng);
-            gen_feed(g, next.data(), 1);
-        }
+        decode(n);
         decode_tps->push_back((double)B * n / (now_seconds() - t0));
         if (bytes > 0) {
             bw->push_back(read_bandwidth_gbs((size_t)bytes, omp_get_max_threads(), 0.05));
@@ -71,8 +81,8 @@ static int run_bench(const InferOptions *o) {
         reset_peak_rss();  // this model's own peak (at batch 1)
         Generator g;
         gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
-        double pre = bench_generate(&g, 8, 256, o->device == "cpu" ? bytes : 0, &dec, &bw, &bw1);
-        double rss = peak_rss_mb(), tps = median(dec);
+        double rss, pre = bench_generate(&g, 8, 256, o->device == "cpu" ? bytes : 0, &dec, &bw, &bw1, &rss);
+        double tps = median(dec);
         gen_close(&g);
         printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, "
                "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, tps, f / 1e6, tps * f / 1e9, rss);
@@ -84,7 +94,7 @@ static int run_bench(const InferOptions *o) {
         Generator gb;
         gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
         dec.clear();
-        pre = bench_generate(&gb, 1, 256, 0, &dec, &bw, &bw1);
+        pre = bench_generate(&gb, 1, 256, 0, &dec, &bw, &bw1, &rss);
         gen_close(&gb);
         printf("%-13s generate B 8 (%s): prefill %6.0f tok/s, generation %6.0f tok/s (all rows)\n", name.c_str(),
                o->device.c_str(), pre, dec[0]);
