@@ -170,7 +170,8 @@ static inline float dot(const float *a, const float *b, int n) {
 
 // dot(w, a, n) and dot(w, b, n) together, bit for bit the same, each load of
 // w serving both: with several rows per decode step (batched generation) the
-// two chains of sums keep the core busy where one waits on its adds.
+// two chains of sums keep the core busy where one waits on its adds. Used on
+// AVX-512 only (see matvec_column).
 static inline void dot_pair(const float *w, const float *a, const float *b, int n, float *sa, float *sb) {
     vecf acc_a[64 / VEC] = {}, acc_b[64 / VEC] = {};
     int i = 0;
@@ -304,14 +305,17 @@ static void matmul_block(float *out, const float *inp, const float *w, const flo
 #define MATVEC_ROWS 8
 static void matvec_column(float *out, const float *inp, const float *w, const float *bias, int o, int N, int C, int OC) {
     const float *wo = w + (size_t)o * C;
-    float b = bias ? bias[o] : 0.0f, s0, s1;
+    float b = bias ? bias[o] : 0.0f;
     int n = 0;
+#if VEC == 16  // (two sets of sums fit AVX-512's 32 vector registers; AVX2 has 16, and spilling measured slower)
     for (; n + 2 <= N; n += 2) {  // two inputs per pass over the row
+        float s0, s1;
         dot_pair(wo, inp + (size_t)n * C, inp + (size_t)(n + 1) * C, C, &s0, &s1);
         out[(size_t)n * OC + o] = s0 + b;
         out[(size_t)(n + 1) * OC + o] = s1 + b;
     }
-    if (n < N) out[(size_t)n * OC + o] = dot(wo, inp + (size_t)n * C, C) + b;
+#endif
+    for (; n < N; n++) out[(size_t)n * OC + o] = dot(wo, inp + (size_t)n * C, C) + b;
 }
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
