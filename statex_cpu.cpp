@@ -127,24 +127,27 @@ typedef float vec8f __attribute__((vector_size(8 * sizeof(float))));
 typedef float vec4f __attribute__((vector_size(4 * sizeof(float))));
 static inline vecf loadv(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
 
-// The tree over 16 sums s[0..15] (in 16 / VEC vectors, lane l of v[q] is
-// s[q VEC + l]) that sum_of ends with: s[l] += s[l + half] for half = 8, 4,
-// 2, 1, done as adds of vector halves. Through memory and scalar adds it cost
-// as much as reading a 256-float row of W from cache: decoding at batch 8
-// gained 15-25% from this, at batch 1 up to 7 points of the bandwidth bound.
-static inline float tree16(const vecf *v) {
+// The sum of 64 partial sums (lane l of acc[k] holds sum k VEC + l) in the
+// order sum_of ends with: s[l] = (sum l + sum 16+l) + (sum 32+l + sum 48+l)
+// for l < 16, then s[l] += s[l + half] for half = 8, 4, 2, 1, done as adds of
+// vector halves. Through memory and scalar adds the tree cost as much as
+// reading a 256-float row of W from cache: decoding at batch 8 gained 15-25%
+// from this, at batch 1 up to 7 points of the bandwidth bound.
+static inline float tree64(const vecf *acc) {
+    vecf v[16 / VEC];
+    for (int q = 0; q < 16 / VEC; q++) v[q] = (acc[q] + acc[q + 16 / VEC]) + (acc[q + 32 / VEC] + acc[q + 48 / VEC]);
 #if VEC == 16
-    vec8f a = __builtin_shufflevector(v[0], v[0], 0, 1, 2, 3, 4, 5, 6, 7) +
-              __builtin_shufflevector(v[0], v[0], 8, 9, 10, 11, 12, 13, 14, 15);
+    vec8f h8 = __builtin_shufflevector(v[0], v[0], 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v[0], v[0], 8, 9, 10, 11, 12, 13, 14, 15);
 #elif VEC == 8
-    vec8f a = v[0] + v[1];
+    vec8f h8 = v[0] + v[1];
 #endif
 #if VEC == 4
-    vec4f b = (v[0] + v[2]) + (v[1] + v[3]);
+    vec4f h4 = (v[0] + v[2]) + (v[1] + v[3]);
 #else
-    vec4f b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    vec4f h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
 #endif
-    return (b[0] + b[2]) + (b[1] + b[3]);
+    return (h4[0] + h4[2]) + (h4[1] + h4[3]);
 }
 
 // dot(a, b, n) = sum_of(n, a[i] * b[i]): the same 64 partial sums (element
@@ -161,9 +164,7 @@ static inline float dot(const float *a, const float *b, int n) {
         for (int k = 0; k < 64 / VEC; k++) acc[k] += loadv(a + i + k * VEC) * loadv(b + i + k * VEC);
     for (; i + 16 <= n; i += 16)
         for (int k = 0; k < 16 / VEC; k++) acc[k] += loadv(a + i + k * VEC) * loadv(b + i + k * VEC);
-    vecf v[16 / VEC];  // sum l < 16 of the tree = (sum l + sum 16+l) + (sum 32+l + sum 48+l)
-    for (int q = 0; q < 16 / VEC; q++) v[q] = (acc[q] + acc[q + 16 / VEC]) + (acc[q + 32 / VEC] + acc[q + 48 / VEC]);
-    float s = tree16(v);
+    float s = tree64(acc);
     for (; i < n; i++) s += a[i] * b[i];  // a tail of under 16 after the tree, as sum_of adds it
     return s;
 }
@@ -174,25 +175,17 @@ static inline float dot(const float *a, const float *b, int n) {
 // AVX-512 only (see matvec_column).
 static inline void dot_pair(const float *w, const float *a, const float *b, int n, float *sa, float *sb) {
     vecf acc_a[64 / VEC] = {}, acc_b[64 / VEC] = {};
+    auto step = [&](int i, int k) {
+        vecf wv = loadv(w + i + k * VEC);
+        acc_a[k] += wv * loadv(a + i + k * VEC);
+        acc_b[k] += wv * loadv(b + i + k * VEC);
+    };
     int i = 0;
     for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 64 / VEC; k++) {
-            vecf wv = loadv(w + i + k * VEC);
-            acc_a[k] += wv * loadv(a + i + k * VEC);
-            acc_b[k] += wv * loadv(b + i + k * VEC);
-        }
+        for (int k = 0; k < 64 / VEC; k++) step(i, k);
     for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16 / VEC; k++) {
-            vecf wv = loadv(w + i + k * VEC);
-            acc_a[k] += wv * loadv(a + i + k * VEC);
-            acc_b[k] += wv * loadv(b + i + k * VEC);
-        }
-    vecf va[16 / VEC], vb[16 / VEC];
-    for (int q = 0; q < 16 / VEC; q++) {
-        va[q] = (acc_a[q] + acc_a[q + 16 / VEC]) + (acc_a[q + 32 / VEC] + acc_a[q + 48 / VEC]);
-        vb[q] = (acc_b[q] + acc_b[q + 16 / VEC]) + (acc_b[q + 32 / VEC] + acc_b[q + 48 / VEC]);
-    }
-    float ta = tree16(va), tb = tree16(vb);
+        for (int k = 0; k < 16 / VEC; k++) step(i, k);
+    float ta = tree64(acc_a), tb = tree64(acc_b);
     for (; i < n; i++) ta += w[i] * a[i], tb += w[i] * b[i];
     *sa = ta;
     *sb = tb;
