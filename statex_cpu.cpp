@@ -196,9 +196,14 @@ static inline void dot_pair(const float *w, const float *a, const float *b, int 
 // layout [BH, X] and slot `slot` of the chunk-state layout [BH, nslot, X]
 // (flat == nullptr with to_chunked: zeros, a fresh start)
 
-static void zero(float *p, size_t n) {  // in blocks, so that both threads write (a memset is one thread's bandwidth)
+// A large buffer in blocks, so that both threads write (a memset is one
+// thread's bandwidth). A small one is a plain memset, with no OpenMP at all:
+// ops call zero inside their parallel loops, and there even a false `if`
+// clause would open a nested team of one and pay its closing barrier.
+static void zero(float *p, size_t n) {
     const size_t block = 1 << 16;
-    #pragma omp parallel for schedule(static) if (n >= 2 * block)
+    if (n < 2 * block) { memset(p, 0, n * sizeof(float)); return; }
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i += block) memset(p + i, 0, std::min(block, n - i) * sizeof(float));
 }
 static void copy_states(float *chunked, int nslot, int slot, float *flat, int BH, size_t X, bool to_chunked) {
@@ -582,6 +587,7 @@ static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, cons
     for (int t = 0; t < len; t++) {
         const float *at = a + (ch->row0 + t) * ch->K + ch->h * hk;
         float *dt = w->decay + t * hk, *ft = w->from_start + t * hk;
+        #pragma omp simd
         for (int i = 0; i < hk; i++) {
             dt[i] = exp_fast(at[i]);
             ft[i] = t ? ft[i - hk] * dt[i] : dt[i];
@@ -599,8 +605,12 @@ static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, cons
     }
 }
 
+// One row of a chunk's C columns as a vector (GCC's vector extension, as vecf
+// below; two registers on AVX2).
+typedef float chunk_row __attribute__((vector_size(GLA_CHUNK * sizeof(float))));
+
 // The scaled scores Â, a row t at a time, all C columns s side by side (one
-// vector): E[i][s] = e^{b_t[i] - b_s[i]} rolls forward, E_t = E_{t-1} ⊙ e^{a_t}
+// chunk_row): E[i][s] = e^{b_t[i] - b_s[i]} rolls forward, E_t = E_{t-1} ⊙ e^{a_t}
 // in the columns s < t, 1 in column t, 0 beyond, which is also the causal mask.
 // The backward pass calls this again (with gla_chunk_decay) rather than keep Â.
 static void gla_chunk_scores(GlaWork *w, const GlaChunk *ch, const float *q, const float *k) {
@@ -613,15 +623,17 @@ static void gla_chunk_scores(GlaWork *w, const GlaChunk *ch, const float *q, con
         }
     for (int t = 0; t < ch->len; t++) {
         const float *qt = q + (ch->row0 + t) * ch->K + ch->h * hk, *dt = w->decay + t * hk;
-        float row[C] = {};
+        chunk_row row = {}, unit_t = {};  // unit_t: 1 in column t
+        unit_t[t] = 1.0f;
         for (int i = 0; i < hk; i++) {
-            float *Ei = w->E + i * C, qi = ch->scale * qt[i];
-            const float *ki = w->kT + i * C;
-            for (int s = 0; s < C; s++) Ei[s] *= dt[i];
-            Ei[t] = 1.0f;
-            for (int s = 0; s < C; s++) row[s] += qi * ki[s] * Ei[s];
+            chunk_row Ei, ki;
+            memcpy(&Ei, w->E + i * C, sizeof Ei);
+            memcpy(&ki, w->kT + i * C, sizeof ki);
+            Ei = Ei * dt[i] + unit_t;  // column t was 0 until now
+            memcpy(w->E + i * C, &Ei, sizeof Ei);
+            row += ch->scale * qt[i] * ki * Ei;
         }
-        memcpy(w->A + t * C, row, sizeof row);
+        memcpy(w->A + t * C, &row, sizeof row);
     }
 }
 
@@ -634,7 +646,12 @@ static void gla_chunk_state(float *Sout, const float *Sin, const GlaWork *w, con
     const float *flast = w->from_start + (ch->len - 1) * hk;
     MapM So(Sout, hk, hv);
     So.noalias() = MapCM(w->kd, ch->len, hk).transpose() * rows_c(v + ch->row0 * ch->V + ch->h * hv, ch->len, hv, ch->V);
-    for (int i = 0; i < hk; i++) So.row(i) += flast[i] * MapCM(Sin, hk, hv).row(i);
+    for (int i = 0; i < hk; i++) {
+        float *So_i = Sout + (size_t)i * hv;
+        const float *Si = Sin + (size_t)i * hv;
+        #pragma omp simd
+        for (int j = 0; j < hv; j++) So_i[j] += flast[i] * Si[j];
+    }
 }
 
 static void gla_chunk_forward(float *o, float *S, const float *q, const float *k, const float *v, const float *a,
@@ -698,6 +715,7 @@ static void gla_chunk_backward_intra(GlaWork *w, const GlaChunk *ch, float *dv, 
         for (int s = 0; s < t; s++) {
             const float *ks = k + (row0 + s) * K + h * hk;
             float *Es = w->E + s * hk, *dks = w->dk_local + s * hk, g = w->dA[t * C + s];
+            #pragma omp simd
             for (int i = 0; i < hk; i++) {
                 Es[i] *= dt[i];
                 dqt[i] += g * Es[i] * ks[i];
@@ -730,7 +748,11 @@ static void gla_chunk_backward_state(GlaWork *w, const GlaChunk *ch, const float
     int hk = ch->hk, hv = ch->hv;
     const float *flast = w->from_start + (ch->len - 1) * hk;
     MapM dS(w->dS, hk, hv);
-    for (int i = 0; i < hk; i++) dS.row(i) *= flast[i];
+    for (int i = 0; i < hk; i++) {
+        float *dS_i = w->dS + (size_t)i * hv;
+        #pragma omp simd
+        for (int j = 0; j < hv; j++) dS_i[j] *= flast[i];
+    }
     dS.noalias() += MapCM(w->qd, ch->len, hk).transpose() * rows_c(dout + ch->row0 * ch->V + ch->h * hv, ch->len, hv, ch->V);
 }
 
@@ -745,6 +767,7 @@ static void gla_chunk_backward_write(GlaWork *w, const GlaChunk *ch, float *dq, 
         size_t off = (ch->row0 + t) * ch->K + ch->h * hk;
         const float *qt = q + off, *kt = k + off;
         float diag = w->dA[t * GLA_CHUNK + t];
+        #pragma omp simd
         for (int i = 0; i < hk; i++) {
             float gq = w->dq_local[t * hk + i], gk = w->dk_local[t * hk + i];
             w->run[i] += qt[i] * gq - kt[i] * gk;
@@ -1115,8 +1138,15 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                     for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
                 }
                 Y.noalias() = M * X;
-                for (int t = 0; t < len; t++) Y.row(t) += Dskip[h] * X.row(t);
-                for (int s = 0; s < len; s++) Xw.row(s) = X.row(s) * (exp_fast(clast - cum[s]) * dts[s]);
+                for (int t = 0; t < len; t++) {
+                    const float *Xt = X.row(t).data();
+                    float *Yt = Y.row(t).data(), *Xwt = &Xw(t, 0), f = exp_fast(clast - cum[t]) * dts[t];
+                    #pragma omp simd
+                    for (int j = 0; j < P; j++) {
+                        Yt[j] += Dskip[h] * Xt[j];
+                        Xwt[j] = Xt[j] * f;
+                    }
+                }
                 MapM(state(b, h, c + 1), P, N).noalias() = Xw.transpose() * Bmat;
             }
         }
@@ -1142,7 +1172,11 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                 ssd_chunk_decay(w.dts, w.cum, dt, row0, len, nh, h, -expf(A_log[h]));
                 Rows Y = rows(y + row0 * E + h * P, len, P, E);
                 CH.noalias() = Cmat * MapCM(state(b, h, c), P, N).transpose();
-                for (int t = 0; t < len; t++) Y.row(t) += exp_fast(w.cum[t]) * CH.row(t);
+                for (int t = 0; t < len; t++) {
+                    float *Yt = Y.row(t).data(), *CHt = &CH(t, 0), e = exp_fast(w.cum[t]);
+                    #pragma omp simd
+                    for (int j = 0; j < P; j++) Yt[j] += e * CHt[j];
+                }
             }
         }
 }
@@ -1204,9 +1238,14 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
                 LCB.noalias() = L.cwiseProduct(CB);
                 dv.noalias() = LCB.transpose() * dY;
                 for (int s = 0; s < len; s++) {
-                    dv.row(s) += ec[s] * tP.row(s).segment(h * P, P);
-                    dX.row(s) += dts[s] * dv.row(s) + Dskip[h] * dY.row(s);
-                    ddt[(row0 + s) * nh + h] += X.row(s).dot(dv.row(s));
+                    float *dvs = &dv(s, 0), *dXs = &dX(s, 0);
+                    const float *tPs = &tP(s, h * P), *dYs = dY.row(s).data();
+                    #pragma omp simd
+                    for (int j = 0; j < P; j++) {
+                        dvs[j] += ec[s] * tPs[j];
+                        dXs[j] += dts[s] * dvs[j] + Dskip[h] * dYs[j];
+                    }
+                    ddt[(row0 + s) * nh + h] += dot(X.row(s).data(), dvs, P);
                 }
                 // G, summed over heads for dC and dB; its part of dL/dc
                 G.noalias() = dY * X.transpose();
@@ -1225,11 +1264,17 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
                 // the state terms: dC gets diag(e^c) dY H_in; dB's part waits for X dH below
                 tN.noalias() = dY * Hin;
                 for (int t = 0; t < len; t++) {
-                    float e = exp_fast(cum[t]);
-                    dC.row(t) += e * tN.row(t);
-                    dcum[t] += e * Cmat.row(t).dot(tN.row(t)) - ec[t] * dts[t] * X.row(t).dot(tP.row(t).segment(h * P, P));
-                    Xw.row(t).segment(h * P, P) = (ec[t] * dts[t]) * X.row(t);
-                    dYs.row(t).segment(h * P, P) = e * dY.row(t);
+                    float e = exp_fast(cum[t]), f = ec[t] * dts[t];
+                    const float *Xt = X.row(t).data(), *dYt = dY.row(t).data(), *tNt = &tN(t, 0);
+                    float *dCt = &dC(t, 0), *Xwt = &Xw(t, h * P), *dYst = &dYs(t, h * P);
+                    #pragma omp simd
+                    for (int n = 0; n < N; n++) dCt[n] += e * tNt[n];
+                    #pragma omp simd
+                    for (int j = 0; j < P; j++) {
+                        Xwt[j] = f * Xt[j];
+                        dYst[j] = e * dYt[j];
+                    }
+                    dcum[t] += e * dot(Cmat.row(t).data(), tNt, N) - f * dot(Xt, &tP(t, h * P), P);
                 }
                 for (int t = len - 1; t >= 0; t--) {
                     w.run[h] += dcum[t];
