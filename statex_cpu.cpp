@@ -1345,11 +1345,13 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
         float rs = rstd[r], mean_gn = sum_of(E, [&](int j) { return d[j] * w[j] * yr[j] * silu(zr[j]) * rs; }) / E;
+        float *dyr = dy + (size_t)r * E, *dzr = dz + (size_t)r * dz_stride;
+        #pragma omp simd
         for (int j = 0; j < E; j++) {
             float s = sigmoidf_(zr[j]), sz = zr[j] * s, n = yr[j] * sz * rs;
             float dg = rs * (d[j] * w[j] - n * mean_gn);
-            dy[(size_t)r * E + j] += dg * sz;
-            dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad_from(zr[j], s);
+            dyr[j] += dg * sz;
+            dzr[j] += dg * yr[j] * silu_grad_from(zr[j], s);
         }
     }
     sum_rows_into(dw, BT, E, [&](int r, int j) {
