@@ -592,10 +592,9 @@ static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, cons
         const float *at = a + (ch->row0 + t) * ch->K + ch->h * hk;
         float *dt = w->decay + t * hk, *ft = w->from_start + t * hk;
         #pragma omp simd
-        for (int i = 0; i < hk; i++) {
-            dt[i] = exp_fast(at[i]);
-            ft[i] = t ? ft[i - hk] * dt[i] : dt[i];
-        }
+        for (int i = 0; i < hk; i++) dt[i] = exp_fast(at[i]);
+        if (t == 0) memcpy(ft, dt, hk * sizeof(float));
+        else for (int i = 0; i < hk; i++) ft[i] = ft[i - hk] * dt[i];
     }
     for (int t = len - 1; t >= 0; t--) {
         float *et = w->to_end + t * hk;
@@ -609,12 +608,8 @@ static void gla_chunk_decay(GlaWork *w, const GlaChunk *ch, const float *q, cons
     }
 }
 
-// One row of a chunk's C columns as a vector (GCC's vector extension, as vecf
-// below; two registers on AVX2).
-typedef float chunk_row __attribute__((vector_size(GLA_CHUNK * sizeof(float))));
-
-// The scaled scores Â, a row t at a time, all C columns s side by side (one
-// chunk_row): E[i][s] = e^{b_t[i] - b_s[i]} rolls forward, E_t = E_{t-1} ⊙ e^{a_t}
+// The scaled scores Â, a row t at a time, all C columns s side by side (in
+// C / VEC machine vectors, see vecf): E[i][s] = e^{b_t[i] - b_s[i]} rolls forward, E_t = E_{t-1} ⊙ e^{a_t}
 // in the columns s < t, 1 in column t, 0 beyond, which is also the causal mask.
 // The backward pass calls this again (with gla_chunk_decay) rather than keep Â.
 static void gla_chunk_scores(GlaWork *w, const GlaChunk *ch, const float *q, const float *k) {
@@ -627,17 +622,18 @@ static void gla_chunk_scores(GlaWork *w, const GlaChunk *ch, const float *q, con
         }
     for (int t = 0; t < ch->len; t++) {
         const float *qt = q + (ch->row0 + t) * ch->K + ch->h * hk, *dt = w->decay + t * hk;
-        chunk_row row = {}, unit_t = {};  // unit_t: 1 in column t
-        unit_t[t] = 1.0f;
+        vecf row[C / VEC] = {}, unit_t[C / VEC] = {};  // unit_t: 1 in column t
+        unit_t[t / VEC][t % VEC] = 1.0f;
         for (int i = 0; i < hk; i++) {
-            chunk_row Ei, ki;
-            memcpy(&Ei, w->E + i * C, sizeof Ei);
-            memcpy(&ki, w->kT + i * C, sizeof ki);
-            Ei = Ei * dt[i] + unit_t;  // column t was 0 until now
-            memcpy(w->E + i * C, &Ei, sizeof Ei);
-            row += ch->scale * qt[i] * ki * Ei;
+            float *Ei = w->E + i * C;
+            const float *ki = w->kT + i * C;
+            for (int u = 0; u < C / VEC; u++) {
+                vecf e = loadv(Ei + u * VEC) * dt[i] + unit_t[u];  // column t was 0 until now
+                memcpy(Ei + u * VEC, &e, sizeof e);
+                row[u] += ch->scale * qt[i] * loadv(ki + u * VEC) * e;
+            }
         }
-        memcpy(w->A + t * C, &row, sizeof row);
+        memcpy(w->A + t * C, row, sizeof row);
     }
 }
 
