@@ -161,7 +161,7 @@ static inline float tree64(const dotv *acc) {
 
 // dot(a, b, n) = sum_of(n, a[i] * b[i]): the same 64 partial sums (element
 // i + j of each 64 goes to sum j) and the same tree after them, on any ISA,
-// but written on machine vectors so that the sums stay in registers through
+// but written on vectors (dotv) so that the sums stay in registers through
 // the loop (sum_of's generic form keeps them in memory there). It is the inner
 // loop of a decode step's matrix-vector products, whose rows are short. Every
 // product is fused into its sum, which sum_of's 16-wide tail does not do, so
