@@ -35,7 +35,6 @@ inline Ops timed_cpu_ops() {
     STATEX_TIMED(zero); STATEX_TIMED(copy_states);
     STATEX_TIMED(encoder_forward); STATEX_TIMED(encoder_backward);
     STATEX_TIMED(rmsnorm_forward); STATEX_TIMED(rmsnorm_backward);
-    STATEX_TIMED(matmul_forward); STATEX_TIMED(matmul_group_forward); STATEX_TIMED(matmul_backward);
     STATEX_TIMED(residual_forward); STATEX_TIMED(swiglu_forward); STATEX_TIMED(swiglu_backward);
     STATEX_TIMED(gla_gate_forward); STATEX_TIMED(gla_gate_backward);
     STATEX_TIMED(gla_recurrent_forward); STATEX_TIMED(gla_recurrent_backward);
@@ -49,7 +48,8 @@ inline Ops timed_cpu_ops() {
     STATEX_TIMED(crossentropy_forward); STATEX_TIMED(crossentropy_backward);
     STATEX_TIMED(adamw_update);
 #undef STATEX_TIMED
-    // the matmuls also count their FLOPs (2 per multiply-add), for their rate
+    // the matmuls are timed the same way and also count their FLOPs (2 per
+    // multiply-add), for their rate
     t.matmul_forward = [](float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
         OpTimer timer("matmul_forward");
         op_profile().matmul_flops += 2.0 * N * C * OC;
