@@ -263,15 +263,26 @@ static void rmsnorm_forward(float *out, float *rstd, const float *inp, const flo
     });
 }
 
+// The width of blocks that split n items into an even number of blocks of at
+// most `most`, as equal as multiples of `align` allow, so that two threads
+// share them evenly (192 rows as 128 + 64 left one thread idle a third of the
+// time). It depends on n alone: no result depends on the thread count.
+static int even_block(int n, int most, int align) {
+    int nblock = (n + most - 1) / most;
+    nblock += nblock % 2;
+    return ((n + nblock - 1) / nblock + align - 1) / align * align;
+}
+
 // Sums over rows into a [cols] vector: dst[j] += sum_i f(i, j), threads
 // owning blocks of columns (so the order of every sum is fixed). A block is
-// SUM_COLS wide: walking the rows one cache line at a time would wait on
+// up to SUM_COLS wide: walking the rows one cache line at a time would wait on
 // memory at every row, a wider block reads each row as one stream.
 #define SUM_COLS 128
 template <typename F> static void sum_rows_into(float *dst, int rows, int cols, F f) {
+    int width = even_block(cols, SUM_COLS, 16);
     #pragma omp parallel for schedule(dynamic)
-    for (int j0 = 0; j0 < cols; j0 += SUM_COLS) {
-        int j1 = std::min(cols, j0 + SUM_COLS);
+    for (int j0 = 0; j0 < cols; j0 += width) {
+        int j1 = std::min(cols, j0 + width);
         float acc[SUM_COLS] = {0};
         for (int i = 0; i < rows; i++)
             for (int j = j0; j < j1; j++) acc[j - j0] += f(i, j);
@@ -378,9 +389,8 @@ static void matmul_backward(float *dinp, float *dw, float *dbias, const float *d
             MapM(dinp + (size_t)r0 * C, n, C).noalias() += MapCM(dout + (size_t)r0 * OC, n, OC) * MapCM(w, OC, C);
         }
     }
-    if (dw) {  // blocks of rows of dW (columns of dout); each sums over all N tokens. A dW
-               // of one block (OC <= MM_ROWS: q, k in GLA) goes in two, so both threads work.
-        int rb = OC > MM_ROWS ? MM_ROWS : MM_ROWS / 2;
+    if (dw) {  // blocks of rows of dW (columns of dout), each summing over all N tokens
+        int rb = even_block(OC, MM_ROWS, 8);
         #pragma omp parallel for schedule(dynamic)
         for (int o0 = 0; o0 < OC; o0 += rb) {
             int n = std::min(rb, OC - o0);
