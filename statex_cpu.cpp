@@ -1003,13 +1003,13 @@ static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float
             size_t row = (size_t)b * T + t;
             const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
             float dtt = dt[row * nh + h], decay = expf(dtt * A);
-            for (int p = 0; p < P; p++) {
+            float *yt = y + row * E + h * P;
+            for (int p = 0; p < P; p++) {  // each row of h is updated, then read for y_p = <h_p, C_t> while in cache
                 float *hp = hb + (size_t)p * N, xp = dtt * x[p];
+                #pragma omp simd
                 for (int n = 0; n < N; n++) hp[n] = decay * hp[n] + xp * Bt[n];
+                yt[p] = dot(hp, Ct, N) + Dskip[h] * x[p];
             }
-            float *yt = y + row * E + h * P;  // y = h C: one matrix-vector product (Eigen sums several rows at a time)
-            Eigen::Map<Eigen::VectorXf>(yt, P).noalias() = MapCM(hb, P, N) * Eigen::Map<const Eigen::VectorXf>(Ct, N);
-            for (int p = 0; p < P; p++) yt[p] += Dskip[h] * x[p];
             if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
         }
     });
