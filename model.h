@@ -1035,7 +1035,7 @@ struct Ops {
     void (*gated_rmsnorm_forward)(float *out, float *rstd, const float *y, const float *z, int z_stride,
                                   const float *w, int BT, int E);
     void (*gated_rmsnorm_backward)(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y,
-                                   const float *z, int z_stride, const float *w, const float *rstd, int BT, int E);
+                                   const float *z, int z_stride, const float *w, const float *rstd, int BT, int E, float *work);
     // the loss and the optimizer
     float (*crossentropy_forward)(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V);
     void (*crossentropy_backward)(float *dlogits, const float *logits, const int *targets, int BT, int V, float dloss);
@@ -1234,11 +1234,12 @@ inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) 
     float *dzxbcdt = d[2], *dxbc = d[3];           // [BT, Din]: d in_proj output; [BT, Cc]: d conv output
     float *ddt = d[4], *dlda = d[5];               // [BT, nh]: d dt, d of the log decay dt A
     float *dnorm_out = d[6];                       // [BT, D]
+    float *gnorm_work = d[7];                      // [BT, E]: the gated norm backward's work space
     op->zero(dy_out, (size_t)BT * E); op->zero(dy, (size_t)BT * E); op->zero(dzxbcdt, (size_t)BT * Din);
     op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh); op->zero(dlda, (size_t)BT * nh);
     op->zero(dnorm_out, (size_t)BT * D);
     op->matmul_backward(dy_out, G->out_proj, nullptr, a->dres, act->y_out, W->out_proj, BT, E, D);
-    op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, act->y, act->zxbcdt, Din, W->gnorm, act->y_rstd, BT, E);
+    op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, act->y, act->zxbcdt, Din, W->gnorm, act->y_rstd, BT, E, gnorm_work);
     if (m->mixer_form == MIX_CHUNKED)
         op->ssd_chunk_backward(dxbc, ddt, dlda, dy, act->h, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N, a->scratch,
                                a->scratch_per_task);

@@ -1503,8 +1503,9 @@ gated_rmsnorm_dw_kernel(float *dw, const float *dout, const float *y, const floa
     float total = column_sum(acc);
     if (threadIdx.y == 0 && j < E) dw[j] += total;
 }
+// (work is the CPU's place for the sigmoids; here each thread recomputes its own)
 static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
-                            int z_stride, const float *w, const float *rstd, int BT, int E) {
+                            int z_stride, const float *w, const float *rstd, int BT, int E, float *) {
     gated_rmsnorm_backward_kernel<<<blocks_for(BT, ROWS_PER_BLOCK), BLOCK>>>(dy, dz, dz_stride, dout, y, z, z_stride, w, rstd, BT, E);
     launchCheck();
     gated_rmsnorm_dw_kernel<<<blocks_for(E, 32), COLSUM_THREADS>>>(dw, dout, y, z, z_stride, rstd, BT, E); launchCheck();

@@ -1345,8 +1345,12 @@ static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float
 
 // ----------------------------------------------------------------------------
 // Mamba2 gated rmsnorm over all E channels: out = rmsnorm(y * silu(z)) * w
-// backward: with g = y * silu(z), dg from rmsnorm's rule; dy += dg * silu(z),
-// dz += dg * y * silu'(z). z rows have stride z_stride (slice of in_proj out).
+// backward: with s = sigmoid(z), n = y z s rstd (the normalised value) and
+// mean_gn = mean over the row of dout w n:  dg = rstd (dout w - n mean_gn),
+// dy += dg z s,  dz += dg y silu'(z),  dw += column sums of dout n.
+// z rows have stride z_stride (slice of in_proj out). The backward computes
+// each sigmoid once: the row pass keeps s in `work` ([BT, E]), then n there
+// for dw's column sums (the sigmoids were two thirds of the op's time).
 
 static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
     parallel_for(BT, (size_t)BT * E, [&](long r) {
@@ -1360,23 +1364,25 @@ static void gated_rmsnorm_forward(float *out, float *rstd, const float *y, const
 }
 
 static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *dw, const float *dout, const float *y, const float *z,
-                            int z_stride, const float *w, const float *rstd, int BT, int E) {
+                            int z_stride, const float *w, const float *rstd, int BT, int E, float *work) {
     #pragma omp parallel for
     for (int r = 0; r < BT; r++) {
         const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
-        float rs = rstd[r], mean_gn = sum_of(E, [&](int j) { return d[j] * w[j] * yr[j] * silu(zr[j]) * rs; }) / E;
+        float *sr = work + (size_t)r * E, rs = rstd[r];
+        #pragma omp simd
+        for (int j = 0; j < E; j++) sr[j] = sigmoidf_(zr[j]);
+        float mean_gn = sum_of(E, [&](int j) { return d[j] * w[j] * yr[j] * (zr[j] * sr[j]) * rs; }) / E;
         float *dyr = dy + (size_t)r * E, *dzr = dz + (size_t)r * dz_stride;
         #pragma omp simd
         for (int j = 0; j < E; j++) {
-            float s = sigmoidf_(zr[j]), sz = zr[j] * s, n = yr[j] * sz * rs;
+            float s = sr[j], sz = zr[j] * s, n = yr[j] * sz * rs;
             float dg = rs * (d[j] * w[j] - n * mean_gn);
             dyr[j] += dg * sz;
             dzr[j] += dg * yr[j] * silu_grad_from(zr[j], s);
+            sr[j] = n;
         }
     }
-    sum_rows_into(dw, BT, E, [&](int r, int j) {
-        return dout[(size_t)r * E + j] * y[(size_t)r * E + j] * silu(z[(size_t)r * z_stride + j]) * rstd[r];
-    });
+    sum_rows_into(dw, BT, E, [&](int r, int j) { return dout[(size_t)r * E + j] * work[(size_t)r * E + j]; });
 }
 
 // ----------------------------------------------------------------------------

@@ -267,13 +267,14 @@ TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doct
         check("dt softplus dbias", dbias, TOL_ELEM);
         auto y = A.normal(BT * E, &r), z = A.normal(BT * zs, &r), w = A.normal(E, &r), out = A.output(BT * E), rstd = A.output(BT);
         auto dout = A.normal(BT * E, &r), dy = A.normal(BT * E, &r), dz = A.normal(BT * zs, &r), dw = A.normal(E, &r);
+        auto work = A.output(BT * E);
         cpu::ops.gated_rmsnorm_forward(out.cpu(), rstd.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), BT, E);
         gpu_twice("gated rmsnorm forward", [&] { gpu::ops.gated_rmsnorm_forward(out.gpu(), rstd.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), BT, E); },
                   {&out, &rstd});
         check("gated rmsnorm out", out, TOL_ELEM);
-        cpu::ops.gated_rmsnorm_backward(dy.cpu(), dz.cpu(), zs, dw.cpu(), dout.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), rstd.cpu(), BT, E);
+        cpu::ops.gated_rmsnorm_backward(dy.cpu(), dz.cpu(), zs, dw.cpu(), dout.cpu(), y.cpu(), z.cpu(), zs, w.cpu(), rstd.cpu(), BT, E, work.cpu());
         gpu_twice("gated rmsnorm backward", [&] {
-            gpu::ops.gated_rmsnorm_backward(dy.gpu(), dz.gpu(), zs, dw.gpu(), dout.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), rstd.gpu(), BT, E);
+            gpu::ops.gated_rmsnorm_backward(dy.gpu(), dz.gpu(), zs, dw.gpu(), dout.gpu(), y.gpu(), z.gpu(), zs, w.gpu(), rstd.gpu(), BT, E, work.gpu());
         }, {&dy, &dz, &dw});
         check("gated rmsnorm dy", dy, TOL_ELEM);
         check("gated rmsnorm dz", dz, TOL_ELEM);

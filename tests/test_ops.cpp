@@ -158,9 +158,9 @@ TEST_CASE("fd: Mamba2 conv1d + SiLU, softplus dt, gated rmsnorm") {
 
     int E = 11, zs = 15;
     Vec y = normal_vec(BT * E, &r), z = normal_vec(BT * zs, &r), gw = normal_vec(E, &r), Rg = normal_vec(BT * E, &r);
-    Vec go(BT * E), grstd(BT), dy(BT * E), dz(BT * zs), dgw(E);
+    Vec go(BT * E), grstd(BT), dy(BT * E), dz(BT * zs), dgw(E), gwork(BT * E);
     cpu::ops.gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
-    cpu::ops.gated_rmsnorm_backward(dy.data(), dz.data(), zs, dgw.data(), Rg.data(), y.data(), z.data(), zs, gw.data(), grstd.data(), BT, E);
+    cpu::ops.gated_rmsnorm_backward(dy.data(), dz.data(), zs, dgw.data(), Rg.data(), y.data(), z.data(), zs, gw.data(), grstd.data(), BT, E, gwork.data());
     auto loss3 = [&] {
         cpu::ops.gated_rmsnorm_forward(go.data(), grstd.data(), y.data(), z.data(), zs, gw.data(), BT, E);
         return dot_loss(go.data(), Rg.data(), go.size());
