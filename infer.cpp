@@ -17,7 +17,7 @@ struct InferOptions {
     int max_tokens = 256, top_k = 0, max_prompt = 1 << 20;
     float temperature = 0.8f;
     uint64_t seed = 1;
-    bool prompt_given = false, bench = false;
+    bool prompt_given = false, bench = false, profile = false;
     // evaluation
     bool eval = false;
     std::string eval_out, val = "data/val.txt", summarize;
@@ -38,6 +38,7 @@ static void usage() {
         "  --max-prompt N       refuse longer prompts (default 1048576 bytes)\n"
         "  --device cpu|cuda\n"
         "  --bench [--preset gla-small|mamba2-small]   generation speed of a random model\n"
+        "  --bench --profile    the same, then each op's share of a batch-1 decode step (CPU)\n"
         "evaluation (README.md \"Recall tasks\"):\n"
         "  --eval               MQAR accuracy (n = 4..64, without and with a gap), passkey accuracy\n"
         "                       (lengths --passkey-min, doubling up to --passkey-max; depths 0..1), validation bits/byte\n"
@@ -67,6 +68,7 @@ static void parse_args(int argc, char **argv, InferOptions *o) {
         else if (a == "--max-prompt") o->max_prompt = to_int(a, val());
         else if (a == "--device") o->device = val();
         else if (a == "--bench") o->bench = true;
+        else if (a == "--profile") o->profile = true;
         else if (a == "--preset") o->preset = val();
         else if (a == "--eval") o->eval = true;
         else if (a == "--eval-out") o->eval_out = val();

@@ -9,6 +9,7 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include "chart.h"
 #include "bench.h"
+#include "profile.h"
 #include <map>
 
 // ----------------------------------------------------------------------------
@@ -59,6 +60,29 @@ static double bench_generate(Generator *g, int rounds, int n, double bytes, std:
     return prefill_tps;
 }
 
+// --profile: 512 more batch-1 decode steps over timed ops (profile.h), run as
+// cpu::model_forward runs them: the step's ops in one parallel region when
+// there are 2 or more threads, no more than processors.
+static void profile_decode(Generator *g) {
+    Ops timed = timed_cpu_ops();
+    int token = 'e', steps = 512, threads = omp_get_max_threads();
+    bool one_region = threads > 1 && threads <= omp_get_num_procs();
+    g->m.mixer_form = MIX_RECURRENT;
+    op_profile() = OpProfile();
+    double t0 = now_seconds();
+    for (int i = 0; i < steps; i++) {
+        if (one_region) {
+            #pragma omp parallel
+            model_logits_pass(&timed, &g->m, &token, 1, 1, &g->state);
+        } else {
+            model_logits_pass(&timed, &g->m, &token, 1, 1, &g->state);
+        }
+    }
+    double seconds = now_seconds() - t0;
+    printf("  a decode step over timed ops: %.1f us (thread 0's time in each op)\n", seconds / steps * 1e6);
+    print_op_profile(seconds, 0);
+}
+
 static int run_bench(const InferOptions *o) {
     std::vector<std::string> names;
     if (!o->preset.empty()) names.push_back(o->preset);
@@ -83,7 +107,6 @@ static int run_bench(const InferOptions *o) {
         gen_open(&g, &c, cpu::random_params(&c, 1), o->device);
         double rss, pre = bench_generate(&g, 8, 256, o->device == "cpu" ? bytes : 0, &dec, &bw, &bw1, &rss);
         double tps = median(dec);
-        gen_close(&g);
         printf("%-13s generate B 1 (%s): prefill %6.0f tok/s, generation %6.0f tok/s, %.1f MFLOP/token, %.1f GFLOP/s, "
                "peak RSS %.0f MB\n", name.c_str(), o->device.c_str(), pre, tps, f / 1e6, tps * f / 1e9, rss);
         if (!bw.empty())
@@ -91,6 +114,8 @@ static int run_bench(const InferOptions *o) {
                    "-> bound %.0f tok/s; generation at %.0f%% of the %d-thread bound\n", name.c_str(), bytes / 1e6,
                    median(bw), threads, median(bw1), median(bw) * 1e9 / bytes, 100.0 * tps / (median(bw) * 1e9 / bytes),
                    threads);
+        if (o->profile && o->device == "cpu") profile_decode(&g);
+        gen_close(&g);
         Generator gb;
         gen_open(&gb, &c, cpu::random_params(&c, 1), o->device, 8);
         dec.clear();

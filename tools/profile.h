@@ -5,6 +5,7 @@
 #pragma once
 #include "../model.h"
 #include <map>
+#include <omp.h>
 
 struct OpProfile {
     std::map<std::string, double> seconds;  // per op name
@@ -15,12 +16,18 @@ inline OpProfile &op_profile() {
     static OpProfile p;
     return p;
 }
-// Adds the time from its construction to its destruction to op `name`.
+// Adds the time from its construction to its destruction to op `name`. In a
+// decode step every thread runs every op inside one parallel region, and each
+// op ends at a barrier: there only thread 0 records (one writer for the maps),
+// and its time is the step's.
+inline bool profile_records() { return omp_get_thread_num() == 0; }
 struct OpTimer {
     const char *name;
+    bool on;
     double t0;
-    explicit OpTimer(const char *n) : name(n), t0(now_seconds()) {}
+    explicit OpTimer(const char *n) : name(n), on(profile_records()), t0(on ? now_seconds() : 0) {}
     ~OpTimer() {
+        if (!on) return;
         op_profile().seconds[name] += now_seconds() - t0;
         op_profile().calls[name]++;
     }
@@ -52,18 +59,18 @@ inline Ops timed_cpu_ops() {
     // multiply-add), for their rate
     t.matmul_forward = [](float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
         OpTimer timer("matmul_forward");
-        op_profile().matmul_flops += 2.0 * N * C * OC;
+        if (profile_records()) op_profile().matmul_flops += 2.0 * N * C * OC;
         cpu::ops.matmul_forward(out, inp, w, bias, N, C, OC);
     };
     t.matmul_group_forward = [](const MatmulGroup *g, const float *inp, int N, int C) {
         OpTimer timer("matmul_group_forward");
-        for (int i = 0; i < g->n; i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
+        for (int i = 0; i < g->n && profile_records(); i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
         cpu::ops.matmul_group_forward(g, inp, N, C);
     };
     t.matmul_backward = [](float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N,
                            int C, int OC) {
         OpTimer timer("matmul_backward");
-        op_profile().matmul_flops += 2.0 * N * C * OC * ((dinp ? 1 : 0) + (dw ? 1 : 0));
+        if (profile_records()) op_profile().matmul_flops += 2.0 * N * C * OC * ((dinp ? 1 : 0) + (dw ? 1 : 0));
         cpu::ops.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
     };
     return t;
@@ -73,7 +80,7 @@ inline Ops timed_cpu_ops() {
 // largest first, and what no op accounts for (the gradient norm, the glue);
 // then the matmuls' own rate against `gemm_gflops`, the same-run GEMM rate:
 // how far the step's rate is from the GEMM's because of the matmuls, and how
-// far because of everything else.
+// far because of everything else (not for a decode step: gemm_gflops 0).
 inline void print_op_profile(double step_seconds, double gemm_gflops) {
     std::vector<std::pair<double, std::string>> rows;
     double sum = 0;
@@ -83,11 +90,12 @@ inline void print_op_profile(double step_seconds, double gemm_gflops) {
     for (auto &r : rows)
         if (r.first / step_seconds >= 0.001)
             printf("  %-26s %6.1f%% %8ld\n", r.second.c_str(), 100 * r.first / step_seconds, op_profile().calls[r.second]);
-    printf("  %-26s %6.1f%%\n", "(gradient norm, the rest)", 100 * (step_seconds - sum) / step_seconds);
+    const char *rest = gemm_gflops > 0 ? "(gradient norm, the rest)" : "(outside the ops)";
+    printf("  %-26s %6.1f%%\n", rest, 100 * (step_seconds - sum) / step_seconds);
     double mm_seconds = 0;
     for (const char *op : {"matmul_forward", "matmul_group_forward", "matmul_backward"})
         if (op_profile().seconds.count(op)) mm_seconds += op_profile().seconds[op];
-    if (mm_seconds > 0) {
+    if (mm_seconds > 0 && gemm_gflops > 0) {
         double rate = op_profile().matmul_flops / mm_seconds / 1e9;
         printf("  the matmuls: %.1f GFLOP/s = %.0f%% of the GEMM rate, in %.1f%% of the step; every other op %.1f%%\n", rate,
                100 * rate / gemm_gflops, 100 * mm_seconds / step_seconds, 100 * (1 - mm_seconds / step_seconds));
