@@ -6,6 +6,7 @@
 // mixes and under different malloc settings.
 #include "test_util.h"
 #include <climits>
+#include <sstream>
 #include <csignal>
 #include <sys/wait.h>
 
@@ -197,6 +198,26 @@ TEST_CASE("bench: size flags, --batch and --seq-len choose what is timed") {
     CHECK_MESSAGE(out.find("params 0.") != std::string::npos, out);  // one layer of tiny-gla's 1.84M
     CHECK(run("./train --bench --preset tiny-gla --key-dim 97", &out) == 1);
     CHECK_MESSAGE(out.find("error: model config: layer 0: head count 2 must be >= 1 and divide key_dim 97") != std::string::npos, out);
+}
+
+// --profile over a decode step: every thread runs every op, and only thread 0
+// may record, so each op is counted once per layer and step (512 steps).
+TEST_CASE("bench: ./infer --bench --profile counts each op of a decode step once") {
+    std::string out;
+    REQUIRE_MESSAGE(run("./infer --bench --profile --preset exp-mamba2", &out) == 0, out);  // 2 layers
+    CHECK_MESSAGE(out.find("a decode step over timed ops:") != std::string::npos, out);
+    auto calls = [&](const std::string &op) {
+        size_t p = out.find("  " + op + " ");
+        if (p == std::string::npos) return -1L;
+        std::istringstream row(out.substr(p, out.find('\n', p) - p));
+        std::string name, share;
+        long n = -1;
+        row >> name >> share >> n;
+        return n;
+    };
+    CHECK_MESSAGE(calls("ssd_recurrent_forward") == 2 * 512, out);
+    CHECK_MESSAGE(calls("conv1d_silu_forward") == 2 * 512, out);
+    CHECK_MESSAGE(calls("matmul_forward") == (2 * 2 + 1) * 512, out);  // in_proj, out_proj per layer; the lm head
 }
 
 TEST_CASE("checkpoint pair: an interrupted save is finished or dropped at the next start; stale temporaries go") {
