@@ -885,6 +885,8 @@ void init_layer_mixer(Model *m, int l, Rng *rng);  // fresh token-mixing weights
 // forward over B x T tokens (host arrays); targets may be nullptr (no loss);
 // state, when given, is the recurrent state to start from and is updated to the end.
 void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state = nullptr);
+// whether model_forward runs this forward's ops in one parallel region (a decode step)
+bool forward_in_one_region(const Model *m, int B, int T, const RecState *state);
 void model_zero_grad(Model *m);
 void model_backward(Model *m);  // accumulates into m->grads
 float model_grad_norm(Model *m);  // L2 norm over the trainable tensors

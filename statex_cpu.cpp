@@ -1588,9 +1588,7 @@ void state_free(RecState *s) { free(s->mem); s->mem = nullptr; }
 
 // The model passes are written once, in model.h, for both backends; here
 // they run on the CPU ops. The tokens are host arrays already.
-void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
-    std::string e = forward_problem(m, B, T, state);
-    if (!e.empty()) die("model_forward: %s", e.c_str());
+bool forward_in_one_region(const Model *m, int B, int T, const RecState *state) {
     // A decode step (one token per sequence, a few sequences) runs all its ops
     // in one parallel region: each op's parallel_for splits its loop among the
     // region's threads and ends at a spinning barrier, so the step pays for
@@ -1601,9 +1599,13 @@ void model_forward(Model *m, const int *inputs, const int *targets, int B, int T
     // the system has put aside (4 threads on 2 cores: 40 tokens/s, not 4000).
     static const int processors = omp_get_num_procs();  // (asked once: each call is a system call)
     int threads = omp_get_max_threads();
-    bool one_region = T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && threads > 1 &&
-                      threads <= processors;
-    if (one_region) {
+    return T == 1 && B <= MATVEC_ROWS && state && m->mixer_form == MIX_RECURRENT && threads > 1 && threads <= processors;
+}
+
+void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, RecState *state) {
+    std::string e = forward_problem(m, B, T, state);
+    if (!e.empty()) die("model_forward: %s", e.c_str());
+    if (forward_in_one_region(m, B, T, state)) {
         #pragma omp parallel
         model_logits_pass(&ops, m, inputs, B, T, state);
     } else {

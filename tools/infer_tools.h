@@ -61,13 +61,12 @@ static double bench_generate(Generator *g, int rounds, int n, double bytes, std:
 }
 
 // --profile: 512 more batch-1 decode steps over timed ops (profile.h), run as
-// cpu::model_forward runs them: the step's ops in one parallel region when
-// there are 2 or more threads, no more than processors.
+// cpu::model_forward runs them (one parallel region per step, where it uses one).
 static void profile_decode(Generator *g) {
     Ops timed = timed_cpu_ops();
-    int token = 'e', steps = 512, threads = omp_get_max_threads();
-    bool one_region = threads > 1 && threads <= omp_get_num_procs();
+    int token = 'e', steps = 512;
     g->m.mixer_form = MIX_RECURRENT;
+    bool one_region = cpu::forward_in_one_region(&g->m, 1, 1, &g->state);
     op_profile() = OpProfile();
     double t0 = now_seconds();
     for (int i = 0; i < steps; i++) {

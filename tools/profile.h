@@ -64,7 +64,8 @@ inline Ops timed_cpu_ops() {
     };
     t.matmul_group_forward = [](const MatmulGroup *g, const float *inp, int N, int C) {
         OpTimer timer("matmul_group_forward");
-        for (int i = 0; i < g->n && profile_records(); i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
+        if (profile_records())
+            for (int i = 0; i < g->n; i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
         cpu::ops.matmul_group_forward(g, inp, N, C);
     };
     t.matmul_backward = [](float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N,
