@@ -1085,7 +1085,7 @@ struct SsdWork {
     float *CB;               // [CL, CL] Cmat Bmat^T, shared by the heads
     // forward
     float *M;                // [CL, CL] L ⊙ (Cmat Bmat^T) ⊙ dt_s
-    float *CH, *Xw;          // [CL, P] Cmat H_in^T; the decayed, dt-weighted x rows
+    float *Ce, *Xw;          // [CL, N] diag(e^c) Cmat; [CL, P] the decayed, dt-weighted x rows
     // backward
     float *dH_all;           // [nh, P, N] each head's dH
     float *run, *clast;      // [nh] each head's running decay gradient; its c_last in this chunk
@@ -1102,7 +1102,7 @@ static SsdWork ssd_work(float *ws, int nh, int P, int N) {
     size_t off = 0;
     auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
     take(&w.cum, CL); take(&w.dts, CL); take(&w.CB, CL * CL);
-    take(&w.M, CL * CL); take(&w.CH, CL * P); take(&w.Xw, CL * P);
+    take(&w.M, CL * CL); take(&w.Ce, CL * N); take(&w.Xw, CL * P);
     take(&w.dH_all, E * N); take(&w.run, nh); take(&w.clast, nh);
     take(&w.decay_to_end, CL); take(&w.dcum, CL);
     take(&w.L, CL * CL); take(&w.LCB, CL * CL); take(&w.G, CL * CL); take(&w.Gsum, CL * CL);
@@ -1157,16 +1157,18 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                     for (int s = 0; s <= t; s++) Mt[s] = CBt[s] * exp_fast(cum[t] - cum[s]) * dts[s];
                     for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
                 }
-                Y.noalias() = M * X;
+                // Y starts as the skip term D X and the product adds onto it: a plain
+                // `Y = M X` would first zero Y, row by row (it is a block of y's columns)
                 for (int t = 0; t < len; t++) {
                     const float *Xt = X.row(t).data();
                     float *Yt = Y.row(t).data(), *Xwt = &Xw(t, 0), f = exp_fast(clast - cum[t]) * dts[t];
                     #pragma omp simd
                     for (int j = 0; j < P; j++) {
-                        Yt[j] += Dskip[h] * Xt[j];
+                        Yt[j] = Dskip[h] * Xt[j];
                         Xwt[j] = Xt[j] * f;
                     }
                 }
+                Y.noalias() += M * X;
                 MapM(state(b, h, c + 1), P, N).noalias() = Xw.transpose() * Bmat;
             }
         }
@@ -1187,16 +1189,17 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
             size_t row0 = (size_t)b * T + (size_t)c * CL;
             int len = std::min(CL, T - c * CL);
             RowsC Cmat = rows_c(xbc + row0 * Cc + E + N, len, N, Cc);
-            MapM CH(w.CH, len, P);
+            MapM Ce(w.Ce, len, N);
             for (int h = 0; h < nh; h++) {
                 ssd_chunk_decay(w.dts, w.cum, dt, row0, len, nh, h, -expf(A_log[h]));
                 Rows Y = rows(y + row0 * E + h * P, len, P, E);
-                CH.noalias() = Cmat * MapCM(state(b, h, c), P, N).transpose();
                 for (int t = 0; t < len; t++) {
-                    float *Yt = Y.row(t).data(), *CHt = &CH(t, 0), e = exp_fast(w.cum[t]);
+                    float e = exp_fast(w.cum[t]), *Cet = &Ce(t, 0);
+                    const float *Ct = Cmat.row(t).data();
                     #pragma omp simd
-                    for (int j = 0; j < P; j++) Yt[j] += e * CHt[j];
+                    for (int n = 0; n < N; n++) Cet[n] = e * Ct[n];
                 }
+                Y.noalias() += Ce * MapCM(state(b, h, c), P, N).transpose();
             }
         }
 }
