@@ -885,7 +885,16 @@ static inline float conv_input(const float *in, int in_stride, const float *conv
 // wt[j][c] so the inner loops run over contiguous channels (and vectorise).
 // A block walks the rows of its sequence, so it is wide (1 KB of each row):
 // narrow blocks wait on memory at every row (32 channels took twice as long).
+// Even so, a thread reads and writes one short stretch of each row, and the
+// hardware prefetchers, which follow runs of cache lines, lose the trail at
+// every row: so both passes ask for their stretches CONV_AHEAD rows ahead
+// (forward 23-27% and backward 28-40% faster, mamba2-small shapes).
 #define CONV_BLOCK 256
+#define CONV_AHEAD 8
+static inline void prefetch_stretch(const float *p, int n, bool for_write) {
+    for (int i = 0; i < n; i += 16)  // a cache line each
+        for_write ? __builtin_prefetch(p + i, 1) : __builtin_prefetch(p + i, 0);
+}
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     int nblock = (Cc + CONV_BLOCK - 1) / CONV_BLOCK;
@@ -896,7 +905,12 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
         for (int j = 0; j < W; j++)
             for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
         for (int t = 0; t < T; t++) {
-            size_t row = (size_t)b * T + t;
+            size_t row = (size_t)b * T + t, ahead = row + CONV_AHEAD;
+            if (t + CONV_AHEAD < T) {
+                prefetch_stretch(in + ahead * in_stride + c0, nb, false);
+                prefetch_stretch(pre + ahead * Cc + c0, nb, true);
+                prefetch_stretch(out + ahead * Cc + c0, nb, true);
+            }
             for (int c = 0; c < nb; c++) acc[c] = bias[c0 + c];
             for (int j = 0; j < W; j++) {
                 int tau = t - (W - 1) + j;
@@ -942,7 +956,13 @@ static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *d
             for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t;
+                size_t row = (size_t)b * T + t, ahead = row + CONV_AHEAD;
+                if (t + CONV_AHEAD < T) {
+                    prefetch_stretch(dout + ahead * Cc + c0, nb, false);
+                    prefetch_stretch(pre + ahead * Cc + c0, nb, false);
+                    prefetch_stretch(in + ahead * in_stride + c0, nb, false);
+                    prefetch_stretch(din + ahead * din_stride + c0, nb, true);
+                }
                 for (int c = 0; c < nb; c++) {
                     g[c] = dout[row * Cc + c0 + c] * silu_grad(pre[row * Cc + c0 + c]);
                     db[c] += g[c];
