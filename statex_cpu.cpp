@@ -1182,7 +1182,8 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
                     for (int s = t + 1; s < len; s++) Mt[s] = 0.0f;
                 }
                 // Y starts as the skip term D X and the product adds onto it: a plain
-                // `Y = M X` would first zero Y, row by row (it is a block of y's columns)
+                // `Y = M X` would first zero Y (Eigen's `=` products do), one more
+                // pass over these strided rows
                 for (int t = 0; t < len; t++) {
                     const float *Xt = X.row(t).data();
                     float *Yt = Y.row(t).data(), *Xwt = &Xw(t, 0), f = exp_fast(clast - cum[t]) * dts[t];
