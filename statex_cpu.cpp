@@ -1048,6 +1048,9 @@ static void ssd_recurrent_forward(float *y, float *hs, float *h_all, const float
             const float *x = xbc + row * Cc + h * P, *Bt = xbc + row * Cc + E, *Ct = Bt + N;
             float dtt = dt[row * nh + h], decay = expf(dtt * A);
             float *yt = y + row * E + h * P;
+            int ahead = h + 1 < nh ? 2 * P : P;  // (a decode step's x and y were last touched by other threads:
+            prefetch_stretch(x, ahead, false);    // ask for this head's lines and the next one's at once)
+            prefetch_stretch(yt, ahead, true);
             for (int p = 0; p < P; p++)  // h_t[p] = decay h_{t-1}[p] + dt_t x_t[p] B_t, y_t[p] = <h_t[p], C_t> + D x_t[p]
                 yt[p] = decay_add_dot(hb + (size_t)p * N, Bt, Ct, decay, dtt * x[p], N) + Dskip[h] * x[p];
             if (h_all) memcpy(h_all + (((size_t)b * nh + h) * T + t) * P * N, hb, sizeof(float) * P * N);
