@@ -926,6 +926,11 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
         int b = task / nblock, c0 = task % nblock * CONV_BLOCK;
         int nb = std::min(CONV_BLOCK, Cc - c0);
         float wt[64 * CONV_BLOCK], acc[CONV_BLOCK];
+        for (int t = 0; t < std::min(T, ROWS_AHEAD); t++) {  // the first rows now (in a decode step the other threads wrote them)
+            prefetch_stretch(in + ((size_t)b * T + t) * in_stride + c0, nb, false);
+            prefetch_stretch(pre + ((size_t)b * T + t) * Cc + c0, nb, true);
+            prefetch_stretch(out + ((size_t)b * T + t) * Cc + c0, nb, true);
+        }
         for (int j = 0; j < W; j++)
             for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
         for (int t = 0; t < T; t++) {
