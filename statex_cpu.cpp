@@ -364,6 +364,8 @@ static void matvec_column(float *out, const float *inp, const float *w, const fl
     const float *wo = w + (size_t)o * C;
     float b = bias ? bias[o] : 0.0f;
     int n = 0;
+    if (o % 16 == 0 && o + 64 < OC)  // (the output lines were last read by other threads: ask for them ahead of the stores)
+        for (int r = 0; r < N; r++) __builtin_prefetch(out + (size_t)r * OC + o + 64, 1);
 #if defined(__AVX512F__)  // (two sets of sums fit AVX-512's 32 vector registers; AVX2 has 16, and spilling measured slower)
     for (; n + 2 <= N; n += 2) {  // two inputs per pass over the row
         float s0, s1;
