@@ -33,8 +33,9 @@ static void liven(Model *m, uint64_t seed) {
 
 // Logits of every position: one parallel (chunked) forward, versus a prefill
 // of the first `prefill` tokens (chunked, into a state) and then one token at a
-// time in the recurrent form.
-static void check_generation_equals_forward(Model *m, int T, int prefill) {
+// time in the recurrent form, or (piece > 1) `piece` tokens at a time, chunked,
+// each piece starting from the state the one before left.
+static void check_generation_equals_forward(Model *m, int T, int prefill, int piece = 1) {
     const Config *c = &m->config;
     int V = c->vocab_size;
     Rng r = {42};
@@ -50,14 +51,15 @@ static void check_generation_equals_forward(Model *m, int T, int prefill) {
         cpu::model_forward(m, tokens.data(), nullptr, 1, prefill, &st);
         memcpy(step.data(), m->acts.logits, sizeof(float) * prefill * V);
     }
-    m->mixer_form = MIX_RECURRENT;
-    for (int t = prefill; t < T; t++) {
-        cpu::model_forward(m, &tokens[t], nullptr, 1, 1, &st);
-        memcpy(step.data() + (size_t)t * V, m->acts.logits, sizeof(float) * V);
+    m->mixer_form = piece == 1 ? MIX_RECURRENT : MIX_CHUNKED;
+    for (int t = prefill; t < T; t += piece) {
+        int len = std::min(piece, T - t);
+        cpu::model_forward(m, &tokens[t], nullptr, 1, len, &st);
+        memcpy(step.data() + (size_t)t * V, m->acts.logits, sizeof(float) * len * V);
     }
     double worst = 0;
     for (int t = 0; t < T; t++) worst = std::max(worst, rel_err(step.data() + (size_t)t * V, full.data() + (size_t)t * V, V));
-    CAPTURE(T); CAPTURE(prefill);
+    CAPTURE(T); CAPTURE(prefill); CAPTURE(piece);
     CHECK(worst < 1e-4);
     cpu::state_free(&st);
     m->mixer_form = MIX_CHUNKED;
@@ -71,6 +73,8 @@ TEST_CASE("generation equals the training forward: GLA and Mamba2, reference and
         CAPTURE(path);
         check_generation_equals_forward(&m, 70, 0);   // every step recurrent
         check_generation_equals_forward(&m, 70, 37);  // chunked prefill into the state, then steps
+        check_generation_equals_forward(&m, 70, 5, 2);  // pieces shorter than Mamba2's conv window (the
+        check_generation_equals_forward(&m, 70, 4, 3);  // window's older inputs come from the state)
         cpu::model_free(&m);
     }
     // a fresh model with mixed head counts, expanded by merge; a Mamba2 grown
