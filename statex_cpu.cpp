@@ -189,6 +189,18 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
+// step(i, k) for the VEC-float vectors of a row of n floats, in blocks of 64
+// then of 16 as dot walks it: vector k of each block feeds sums k VEC ..
+// k VEC + VEC - 1 of dot's 64. Returns where the scalar tail starts.
+template <typename F> static inline int over_vectors(int n, F step) {
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 64 / VEC; k++) step(i, k);
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16 / VEC; k++) step(i, k);
+    return i;
+}
+
 // dot(w, a, n) and dot(w, b, n) together, bit for bit the same, each load of
 // w serving both: with several rows per decode step (batched generation) the
 // two chains of sums keep the core busy where one waits on its adds. Used on
@@ -197,16 +209,11 @@ static inline float dot(const float *a, const float *b, int n) {
 // ones (batch 8, gla-small: 8590-9125 against 6711-8226 tokens/s).
 static inline void dot_pair(const float *w, const float *a, const float *b, int n, float *sa, float *sb) {
     vecf acc_a[64 / VEC] = {}, acc_b[64 / VEC] = {};
-    auto step = [&](int i, int k) {
+    int i = over_vectors(n, [&](int i, int k) {
         vecf wv = loadv(w + i + k * VEC);
         acc_a[k] += wv * loadv(a + i + k * VEC);
         acc_b[k] += wv * loadv(b + i + k * VEC);
-    };
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 64 / VEC; k++) step(i, k);
-    for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16 / VEC; k++) step(i, k);
+    });
     dotv sums_a[64 / DOTV], sums_b[64 / DOTV];  // the same 64 sums, in dot's vectors
     memcpy(sums_a, acc_a, sizeof sums_a);
     memcpy(sums_b, acc_b, sizeof sums_b);
@@ -222,16 +229,11 @@ static inline void dot_pair(const float *w, const float *a, const float *b, int 
 // at N = 64, more than twice as fast at N = 16).
 static inline float decay_add_dot(float *h, const float *b, const float *c, float decay, float x, int n) {
     vecf acc[64 / VEC] = {}, decays = decay - (vecf){}, xs = x - (vecf){};
-    auto step = [&](int i, int k) {
+    int i = over_vectors(n, [&](int i, int k) {
         vecf hk = decays * loadv(h + i + k * VEC) + xs * loadv(b + i + k * VEC);
         memcpy(h + i + k * VEC, &hk, sizeof hk);
         acc[k] += hk * loadv(c + i + k * VEC);
-    };
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 64 / VEC; k++) step(i, k);
-    for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16 / VEC; k++) step(i, k);
+    });
     dotv sums[64 / DOTV];  // the same 64 sums, in dot's vectors
     memcpy(sums, acc, sizeof sums);
     float s = tree64(sums);
