@@ -914,43 +914,45 @@ static void head_norm_gate_backward(float *do_, float *dog, float *dw, const flo
 // seen so far) or are zero when it is nullptr; conv_state is then updated.
 // `in` rows have stride in_stride (it is a slice of the in_proj output).
 
-// Threads own blocks of CONV_BLOCK channels; a block's taps are copied to
-// wt[j][c] so the inner loops run over contiguous channels (and vectorise).
-// A block walks the rows of its sequence, so it is wide (1 KB of each row):
-// narrow blocks wait on memory at every row (32 channels took twice as long).
-// Even so, both passes ask for their stretches of the rows ROWS_AHEAD ahead
-// (forward 23-27% and backward 28-40% faster, mamba2-small shapes). Each
-// task then keeps its block's last W-1 inputs in conv_state (in the same
-// task: a second loop over the sequences would cost a decode step a barrier).
-#define CONV_BLOCK 256
+// Threads own (sequence, channel block) tasks, and a block's taps are copied
+// to wt[j][c] so the inner loops run over contiguous channels (and vectorise).
+// The blocks are as wide as CONV_TAPS floats of taps allow (W x width: whole
+// rows of mamba2-small), with enough tasks for every thread: a task walks the
+// rows of its sequence, and narrow blocks wait on memory at every row (in the
+// backward, 160 channels took 1.4x as long as whole rows; 32 channels twice
+// as long as 256 in the forward; asking for rows ahead no longer gains). The
+// forward asks for its first rows when a task starts (in a decode step the
+// other threads wrote them: 2.8 -> 1.8 us a layer). Each task then
+// keeps its block's last W-1 inputs in conv_state (in the same task: a second
+// loop over the sequences would cost a decode step a barrier).
+#define CONV_TAPS 4096
+static int conv_block_width(int Cc, int W, int B) {
+    int most = std::max(16, CONV_TAPS / W / 16 * 16);
+    int nblock = std::max((Cc + most - 1) / most, (omp_get_max_threads() + B - 1) / B);
+    return ((Cc + nblock - 1) / nblock + 15) / 16 * 16;  // whole vectors
+}
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
-    int nblock = (Cc + CONV_BLOCK - 1) / CONV_BLOCK;
-    parallel_for(B * nblock, (size_t)B * T * Cc, [&](long task) {  // one (sequence, channel block) each
-        int b = task / nblock, c0 = task % nblock * CONV_BLOCK;
-        int nb = std::min(CONV_BLOCK, Cc - c0);
-        float wt[64 * CONV_BLOCK], acc[CONV_BLOCK];
+    int width = conv_block_width(Cc, W, B), nblock = (Cc + width - 1) / width;
+    parallel_for(B * nblock, (size_t)B * T * Cc, [&](long task) {
+        int b = task / nblock, c0 = task % nblock * width, nb = std::min(width, Cc - c0);
+        float wt[CONV_TAPS], acc[CONV_TAPS];
         for (int t = 0; t < std::min(T, ROWS_AHEAD); t++) {  // the first rows now (in a decode step the other threads wrote them)
             prefetch_stretch(in + ((size_t)b * T + t) * in_stride + c0, nb, false);
             prefetch_stretch(pre + ((size_t)b * T + t) * Cc + c0, nb, true);
             prefetch_stretch(out + ((size_t)b * T + t) * Cc + c0, nb, true);
         }
         for (int j = 0; j < W; j++)
-            for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
+            for (int c = 0; c < nb; c++) wt[j * width + c] = w[(c0 + c) * W + j];
         for (int t = 0; t < T; t++) {
-            size_t row = (size_t)b * T + t, ahead = row + ROWS_AHEAD;
-            if (t + ROWS_AHEAD < T) {
-                prefetch_stretch(in + ahead * in_stride + c0, nb, false);
-                prefetch_stretch(pre + ahead * Cc + c0, nb, true);
-                prefetch_stretch(out + ahead * Cc + c0, nb, true);
-            }
+            size_t row = (size_t)b * T + t;
             for (int c = 0; c < nb; c++) acc[c] = bias[c0 + c];
             for (int j = 0; j < W; j++) {
                 int tau = t - (W - 1) + j;
                 const float *x = tau >= 0 ? in + ((size_t)b * T + tau) * in_stride + c0
                                : conv_state ? conv_state + ((size_t)b * (W - 1) + (W - 1 + tau)) * Cc + c0 : nullptr;
                 if (!x) continue;  // zeros before t = 0
-                for (int c = 0; c < nb; c++) acc[c] += wt[j * CONV_BLOCK + c] * x[c];
+                for (int c = 0; c < nb; c++) acc[c] += wt[j * width + c] * x[c];
             }
             for (int c = 0; c < nb; c++) {
                 pre[row * Cc + c0 + c] = acc[c];
@@ -968,53 +970,39 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
 
 // backward (zero initial window): g = dout * silu'(pre);  dbias[c] += sum_t g_t[c];
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c];   din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]
-// Threads own whole channel blocks here (the weight and bias sums run over
-// every row), so the blocks are made as even as the thread count needs: 640
-// channels in blocks of 256, 256 and 128 left one of two threads idle for a
-// third of the pass. Each channel's sums run in the same order whatever the
-// width, so it changes no result.
-static int conv_backward_width(int Cc) {
-    int nt = omp_get_max_threads(), nblock = (Cc + CONV_BLOCK - 1) / CONV_BLOCK;
-    nblock = (nblock + nt - 1) / nt * nt;                               // a multiple of the threads
-    return std::min(CONV_BLOCK, ((Cc + nblock - 1) / nblock + 15) / 16 * 16);  // whole vectors
-}
+// The tasks as in the forward (whole rows stream from memory in long runs;
+// no prefetch needed). A task sums its own part of dw and dbias, and the
+// parts are added in task order (`ordered`), so each channel's sums run in
+// sequence order whatever the thread count.
 static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *dbias, const float *dout, const float *pre,
                           const float *in, int in_stride, const float *w, int B, int T, int Cc, int W) {
-    int width = conv_backward_width(Cc);
-    #pragma omp parallel for schedule(dynamic)
-    for (int c0 = 0; c0 < Cc; c0 += width) {
-        int nb = std::min(width, Cc - c0);
-        float wt[64 * CONV_BLOCK], dwt[64 * CONV_BLOCK] = {0}, db[CONV_BLOCK] = {0}, g[CONV_BLOCK];
+    int width = conv_block_width(Cc, W, B), nblock = (Cc + width - 1) / width;
+    #pragma omp parallel for ordered schedule(dynamic)
+    for (int task = 0; task < B * nblock; task++) {
+        int b = task / nblock, c0 = task % nblock * width, nb = std::min(width, Cc - c0);
+        float wt[CONV_TAPS], dwt[CONV_TAPS] = {0}, db[CONV_TAPS] = {0}, g[CONV_TAPS];
         for (int j = 0; j < W; j++)
-            for (int c = 0; c < nb; c++) wt[j * CONV_BLOCK + c] = w[(c0 + c) * W + j];
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t, ahead = row + ROWS_AHEAD;
-                if (t + ROWS_AHEAD < T) {
-                    prefetch_stretch(dout + ahead * Cc + c0, nb, false);
-                    prefetch_stretch(pre + ahead * Cc + c0, nb, false);
-                    prefetch_stretch(in + ahead * in_stride + c0, nb, false);
-                    prefetch_stretch(din + ahead * din_stride + c0, nb, true);
-                }
+            for (int c = 0; c < nb; c++) wt[j * width + c] = w[(c0 + c) * W + j];
+        for (int t = 0; t < T; t++) {
+            size_t row = (size_t)b * T + t;
+            for (int c = 0; c < nb; c++) {
+                g[c] = dout[row * Cc + c0 + c] * silu_grad(pre[row * Cc + c0 + c]);
+                db[c] += g[c];
+            }
+            for (int j = std::max(0, W - 1 - t); j < W; j++) {  // taps on rows before 0 read zeros
+                size_t tau = row - (W - 1) + j;
+                const float *x = in + tau * in_stride + c0;
+                float *dx = din + tau * din_stride + c0;
                 for (int c = 0; c < nb; c++) {
-                    g[c] = dout[row * Cc + c0 + c] * silu_grad(pre[row * Cc + c0 + c]);
-                    db[c] += g[c];
-                }
-                for (int j = 0; j < W; j++) {
-                    int tau = t - (W - 1) + j;
-                    if (tau < 0) continue;
-                    size_t r2 = (size_t)b * T + tau;
-                    const float *x = in + r2 * in_stride + c0;
-                    float *dx = din + r2 * din_stride + c0;
-                    for (int c = 0; c < nb; c++) {
-                        dwt[j * CONV_BLOCK + c] += g[c] * x[c];
-                        dx[c] += g[c] * wt[j * CONV_BLOCK + c];
-                    }
+                    dwt[j * width + c] += g[c] * x[c];
+                    dx[c] += g[c] * wt[j * width + c];
                 }
             }
+        }
+        #pragma omp ordered
         for (int c = 0; c < nb; c++) {
             dbias[c0 + c] += db[c];
-            for (int j = 0; j < W; j++) dw[(c0 + c) * W + j] += dwt[j * CONV_BLOCK + c];
+            for (int j = 0; j < W; j++) dw[(c0 + c) * W + j] += dwt[j * width + c];
         }
     }
 }
