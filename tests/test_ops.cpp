@@ -170,6 +170,30 @@ TEST_CASE("fd: Mamba2 conv1d + SiLU, softplus dt, gated rmsnorm") {
     CHECK(fd_check(loss3, gw.data(), dgw.data(), E, &r) < FD_TOL);
 }
 
+// The conv's tasks are (sequence, channel block), and the block width follows
+// the thread count when there are fewer sequences than threads; each channel's
+// sums must still run in the same order, so every thread count gives the same
+// bits (resume relies on it). Cc 1100 crosses a block of 1024 channels.
+TEST_CASE("conv1d + SiLU: forward and backward on 1, 2 or 3 threads, bit for bit") {
+    Rng r = {61};
+    int threads = omp_get_max_threads();
+    for (int B : {1, 3}) {
+        int T = 37, Cc = 1100, W = 4, stride = 1130;
+        Vec in = normal_vec((size_t)B * T * stride, &r), w = normal_vec(Cc * W, &r, 0.5f), bias = normal_vec(Cc, &r, 0.1f);
+        Vec dout = normal_vec((size_t)B * T * Cc, &r), base_din = normal_vec(in.size(), &r), base_dw = normal_vec(Cc * W, &r);
+        std::vector<Vec> got;
+        for (int nt : {1, 2, 3}) {
+            omp_set_num_threads(nt);
+            Vec out(B * T * Cc), pre(B * T * Cc), din = base_din, dw = base_dw, db(Cc, 1.0f);  // the backward adds onto these
+            cpu::ops.conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
+            cpu::ops.conv1d_silu_backward(din.data(), stride, dw.data(), db.data(), dout.data(), pre.data(), in.data(), stride, w.data(), B, T, Cc, W);
+            for (Vec *v : {&out, &pre, &din, &dw, &db}) got.push_back(*v);
+        }
+        omp_set_num_threads(threads);
+        for (size_t i = 5; i < got.size(); i++) CHECK_MESSAGE(got[i] == got[i % 5], "B " << B << ", result " << i % 5 << ", threads " << 1 + i / 5);
+    }
+}
+
 TEST_CASE("fd: cross-entropy with ignored targets") {
     Rng r = {7};
     int BT = 6, V = 13;
