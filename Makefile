@@ -28,6 +28,8 @@ CXX      ?= g++
 # 160-181 tuned generically on a 2-core Zen 4, where generic tuning trains
 # 17-27% faster (README, "Speed and memory"). The ISA stays the machine's own.
 CXXFLAGS ?= -O3 -march=native -mtune=generic -mprefer-vector-width=512
+# (the benchmarks print these flags beside their figures: a figure belongs to a build too)
+OPT_FLAGS := $(CXXFLAGS)
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem $(EIGEN_INC) -isystem $(STB_INC)
 # sqrtf need not set errno (nothing reads it), so loops with a sqrt vectorise
 # (AdamW); the results are the same, sqrt being correctly rounded either way.
@@ -36,6 +38,7 @@ CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -isystem $(EIGEN_INC) -isystem $(S
 # vector blends: without AVX-512's masks GCC keeps such loops scalar otherwise.
 # Each element gets the same operations, so the results are the same.
 CXXFLAGS += -fno-math-errno -fno-trapping-math
+CXXFLAGS += -DSTATEX_OPT_FLAGS='"$(subst ',,$(subst ",,$(OPT_FLAGS)))"'
 # (never -isystem /usr/include itself: it would break the C++ headers' #include_next)
 CXXFLAGS += $(if $(filter /usr/include /usr/include/,$(DOCTEST_INC)),,-isystem $(DOCTEST_INC))
 # Eigen's AVX-512 kernels trip GCC 12's (false) uninitialized warnings

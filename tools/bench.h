@@ -6,9 +6,11 @@
 #include <omp.h>
 #include <malloc.h>
 
-// "CPU model (family F, model M), the ISA this binary was built for, N
-// threads". The family and model numbers name the CPU generation where the
-// model name does not (a VM may report just "AMD EPYC").
+// "CPU model (family F, model M), the ISA this binary was built for (compiler
+// and flags), N threads". The family and model numbers name the CPU
+// generation where the model name does not (a VM may report just "AMD EPYC");
+// the flags, because the same code ran 17-27% apart on one CPU built two ways
+// (the Makefile's note on -mtune).
 inline std::string machine_line() {
     std::string name, family, number;
     FILE *f = fopen("/proc/cpuinfo", "r");  // (a proc file: its size reads as 0, so read it by lines)
@@ -35,7 +37,19 @@ inline std::string machine_line() {
 #else
     const char *isa = "SSE";
 #endif
-    return strf("%s, built for %s, %d threads", model.c_str(), isa, omp_get_max_threads());
+#if defined(STATEX_OPT_FLAGS)
+    const char *flags = STATEX_OPT_FLAGS;
+#else
+    const char *flags = "flags not recorded";
+#endif
+#if defined(__clang__)
+    std::string compiler = strf("clang %d.%d", __clang_major__, __clang_minor__);
+#elif defined(__GNUC__)
+    std::string compiler = strf("g++ %d.%d", __GNUC__, __GNUC_MINOR__);
+#else
+    std::string compiler = "unknown compiler";
+#endif
+    return strf("%s, built for %s (%s, %s), %d threads", model.c_str(), isa, compiler.c_str(), flags, omp_get_max_threads());
 }
 
 // The median of some timings (the benchmarks time side by side and take medians)
