@@ -206,8 +206,11 @@ template <typename F> static inline int over_vectors(int n, F step) {
 // two chains of sums keep the core busy where one waits on its adds. Used on
 // AVX-512 only (see matvec_column), and with its full 16-float vectors: with
 // twice the work per byte of W they measured faster here than dot's 8-float
-// ones (batch 8, gla-small: 8590-9125 against 6711-8226 tokens/s).
-static inline void dot_pair(const float *w, const float *a, const float *b, int n, float *sa, float *sb) {
+// ones (batch 8, gla-small: 8590-9125 against 6711-8226 tokens/s). Inlined by
+// force, as is matvec_column: GCC judged them too large and called both once
+// per row of W, and a batch-8 sweep over gla-small's decode matrices took
+// 1.25-1.55x as long (Zen 4, 2 threads).
+__attribute__((always_inline)) static inline void dot_pair(const float *w, const float *a, const float *b, int n, float *sa, float *sb) {
     vecf acc_a[64 / VEC] = {}, acc_b[64 / VEC] = {};
     int i = over_vectors(n, [&](int i, int k) {
         vecf wv = loadv(w + i + k * VEC);
@@ -362,7 +365,7 @@ static void matmul_block(float *out, const float *inp, const float *w, const flo
 // is bound by reading W once: each row o of W is read once for all N inputs
 // (one dot product each), and the threads split the rows of W in fixed blocks.
 #define MATVEC_ROWS 8
-static void matvec_column(float *out, const float *inp, const float *w, const float *bias, int o, int N, int C, int OC) {
+__attribute__((always_inline)) static inline void matvec_column(float *out, const float *inp, const float *w, const float *bias, int o, int N, int C, int OC) {
     const float *wo = w + (size_t)o * C;
     float b = bias ? bias[o] : 0.0f;
     int n = 0;
