@@ -382,9 +382,10 @@ __attribute__((always_inline)) static inline void matvec_column(float *out, cons
     for (; n < N; n++) out[(size_t)n * OC + o] = dot(wo, inp + (size_t)n * C, C) + b;
 }
 // One input (batch 1, the usual decode step): what matvec_column computes for
-// N = 1, as a function small enough that the threads' walk over the rows gets
-// `dot` inlined. Through matvec_column (generic in N, `dot` called per row) a
-// sweep over gla-small's decode matrices took 15-20% longer (Zen 4, 2 threads).
+// N = 1, with nothing else in the threads' walk over the rows. Through
+// matvec_column (generic in N, dot_pair's two sets of sums beside the one
+// needed) a sweep over gla-small's decode matrices took 15-30% longer (Zen 4,
+// 2 threads), whether GCC called matvec_column per row or inlined it.
 static inline void matvec_one(float *out, const float *inp, const float *w, const float *bias, int o, int C, int OC) {
     if (o % 16 == 0 && o + 64 < OC) __builtin_prefetch(out + o + 64, 1);  // (as in matvec_column)
     out[o] = dot(w + (size_t)o * C, inp, C) + (bias ? bias[o] : 0.0f);
