@@ -194,6 +194,30 @@ TEST_CASE("conv1d + SiLU: forward and backward on 1, 2 or 3 threads, bit for bit
     }
 }
 
+// The gated norm's backward sums dw over blocks of rows, one task each, and
+// adds the blocks' parts in order: every thread count gives the same bits.
+// BT 203 is three whole blocks of 64 rows and a short one.
+TEST_CASE("gated rmsnorm backward: 1, 2 or 3 threads, bit for bit") {
+    Rng r = {67};
+    int threads = omp_get_max_threads();
+    int BT = 203, E = 40, zs = 52;
+    Vec y = normal_vec(BT * E, &r), z = normal_vec(BT * zs, &r), w = normal_vec(E, &r), dout = normal_vec(BT * E, &r);
+    Vec base_dy = normal_vec(BT * E, &r), base_dz = normal_vec(BT * zs, &r), base_dw = normal_vec(E, &r);
+    Vec out(BT * E), rstd(BT);
+    cpu::ops.gated_rmsnorm_forward(out.data(), rstd.data(), y.data(), z.data(), zs, w.data(), BT, E);
+    std::vector<Vec> got;
+    for (int nt : {1, 2, 3}) {
+        omp_set_num_threads(nt);
+        Vec dy = base_dy, dz = base_dz, dw = base_dw, work(BT * E);  // the backward adds onto these
+        cpu::ops.gated_rmsnorm_backward(dy.data(), dz.data(), zs, dw.data(), dout.data(), y.data(), z.data(), zs, w.data(),
+                                        rstd.data(), BT, E, work.data());
+        for (Vec *v : {&dy, &dz, &dw}) got.push_back(*v);
+    }
+    omp_set_num_threads(threads);
+    for (size_t i = 3; i < got.size(); i++) CHECK_MESSAGE(got[i] == got[i % 3], "result " << i % 3 << ", threads " << 1 + i / 3);
+    CHECK(got[2] != base_dw);
+}
+
 TEST_CASE("fd: cross-entropy with ignored targets") {
     Rng r = {7};
     int BT = 6, V = 13;
