@@ -1236,7 +1236,7 @@ inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) 
     float *dzxbcdt = d[2], *dxbc = d[3];           // [BT, Din]: d in_proj output; [BT, Cc]: d conv output
     float *ddt = d[4], *dlda = d[5];               // [BT, nh]: d dt, d of the log decay dt A
     float *dnorm_out = d[6];                       // [BT, D]
-    float *gnorm_work = d[7];                      // [BT, E]: the gated norm backward's work space
+    float *gnorm_work = d[7];                      // the gated norm backward's work space (2 E floats a block of rows)
     op->zero(dy_out, (size_t)BT * E); op->zero(dy, (size_t)BT * E); op->zero(dzxbcdt, (size_t)BT * Din);
     op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh); op->zero(dlda, (size_t)BT * nh);
     op->zero(dnorm_out, (size_t)BT * D);
