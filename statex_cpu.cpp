@@ -1443,7 +1443,7 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
     #pragma omp parallel for ordered schedule(dynamic)
     for (int task = 0; task < ntask; task++) {
         float *sr = work + (size_t)2 * task * E, *dw_part = sr + E;
-        memset(dw_part, 0, E * sizeof(float));
+        zero(dw_part, E);
         int r1 = std::min(BT, (task + 1) * GNORM_ROWS);
         for (int r = task * GNORM_ROWS; r < r1; r++) {
             const float *yr = y + (size_t)r * E, *zr = z + (size_t)r * z_stride, *d = dout + (size_t)r * E;
