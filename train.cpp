@@ -745,7 +745,16 @@ static int run_training(Options *o) {
     r->history = resume.history;
     if (expand_start(o, &c, &params)) return 0;
     if (o->steps <= 0) die("--steps must be positive");
-    if (r->start_step >= o->steps) die("the checkpoint is at step %d, not before --steps %d: nothing to do", r->start_step, o->steps);
+    if (r->start_step > o->steps) die("the checkpoint is at step %d, past --steps %d", r->start_step, o->steps);
+    if (r->start_step == o->steps) {
+        // a finished run: resuming it again is no error. A kill after the last
+        // checkpoint but before the end may have left its loss curve a step behind.
+        if (o->out == o->resume) { prepare_out(o->out); write_curve(o->out, &r->history); }
+        printf("the checkpoint is at step %d of --steps %d: the run is complete (a larger --steps trains on)\n",
+               r->start_step, o->steps);
+        free(params);
+        return 0;
+    }
     std::string e = load_corpus(o->data, (size_t)o->seq_len + 1, &r->train);
     if (!e.empty()) die("--data: %s", e.c_str());
     e = load_corpus(o->val, (size_t)o->seq_len + 1, &r->val);

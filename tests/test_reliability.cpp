@@ -260,6 +260,33 @@ TEST_CASE("checkpoint pair: an interrupted save is finished or dropped at the ne
     run("rm -rf " + d);
 }
 
+// A kill after the last save but before the run's end leaves a finished pair,
+// perhaps with its loss curve a step behind: resuming it is no error.
+TEST_CASE("a finished run resumed again: nothing to train, its loss curve brought up to date; an earlier --steps is refused") {
+    std::string d = tmpdir("done"), out;
+    REQUIRE_MESSAGE(run(std::string("./train ") + TINY_GLA + " --steps 3 --batch 2 --seq-len 24 --save-every 1 --quiet --out " + d + "/f.bin", &out) == 0, out);
+    std::vector<char> model = bytes(d + "/f.bin"), opt = bytes(d + "/f.bin.opt"), png = bytes(d + "/f.bin.png"), csv = bytes(d + "/f.bin.csv");
+    REQUIRE(png.size() > 1000);
+    // the curve of the step before, and the debris of a kill while the last one was written
+    REQUIRE(write_file_atomic(d + "/f.bin.png", {{"old", 3}}).empty());
+    REQUIRE(write_file_atomic(d + "/f.bin.csv", {{"old", 3}}).empty());
+    REQUIRE(write_file_atomic(d + "/f.bin.png.tmp", {{"junk", 4}}).empty());
+    REQUIRE_MESSAGE(run("./train --resume " + d + "/f.bin", &out) == 0, out);
+    CHECK_MESSAGE(out.find("the checkpoint is at step 3 of --steps 3: the run is complete") != std::string::npos, out);
+    CHECK(bytes(d + "/f.bin.png") == png);
+    CHECK(bytes(d + "/f.bin.csv") == csv);
+    CHECK(bytes(d + "/f.bin") == model);
+    CHECK(bytes(d + "/f.bin.opt") == opt);
+    std::string left = listing(d);
+    CAPTURE(left);
+    CHECK(left.find(".tmp") == std::string::npos);
+    CHECK(left.find(".lock") == std::string::npos);
+    CHECK(run("./train --resume " + d + "/f.bin --steps 2", &out) == 1);
+    CHECK_MESSAGE(out.find("error: the checkpoint is at step 3, past --steps 2") != std::string::npos, out);
+    CHECK(bytes(d + "/f.bin") == model);
+    run("rm -rf " + d);
+}
+
 TEST_CASE("lock: a second run on the same --out is refused; a killed run's lock does not block") {
     std::string d = tmpdir("lock"), out;
     std::string cmd = std::string("OMP_NUM_THREADS=1 ./train ") + TINY_GLA + " --steps 100000 --batch 2 --seq-len 32 --save-every 0 --quiet --out " + d + "/m.bin";
