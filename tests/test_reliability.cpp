@@ -7,6 +7,7 @@
 #include "test_util.h"
 #include <climits>
 #include <sstream>
+#include <fstream>
 #include <csignal>
 #include <sys/wait.h>
 
@@ -301,7 +302,14 @@ TEST_CASE("lock: a second run on the same --out is refused; a killed run's lock 
     CHECK(rc == 1);
     CHECK(out.find("another run is writing this checkpoint") != std::string::npos);
     kill(pid, SIGKILL);
-    usleep(200000);  // its lock goes when it dies (not our child: init reaps it)
+    // its lock goes when it dies, which on a busy machine can take a while: wait until it is
+    // gone or a zombie (not our child: whoever reaps it may not, in a container)
+    auto alive = [&] {
+        std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+        std::string pid_, comm, state;
+        return f >> pid_ >> comm >> state && state != "Z";
+    };
+    for (int i = 0; i < 400 && alive(); i++) usleep(25000);
     CHECK(exists(d + "/m.bin.lock"));  // left behind by the kill, but no longer held
     rc = run(std::string("./train ") + TINY_GLA + " --steps 2 --batch 2 --seq-len 32 --quiet --out " + d + "/m.bin", &out);
     CHECK_MESSAGE(rc == 0, out);
