@@ -965,7 +965,13 @@ inline size_t memory_peak_bytes() { return 0; }
 // op of each backend has exactly the signature declared here.
 // On the GPU every pointer is a device pointer, except crossentropy_forward's
 // n_valid and adamw_update's config, which stay on the host. The math of each
-// op is in the comment above its CPU definition. Backward ops ACCUMULATE (+=).
+// op is in the comment above its CPU definition. Backward ops ACCUMULATE (+=)
+// into what they write, with one exception: the elementwise ops and the norms
+// inside a block (swiglu, gla_gate, head_norm_gate, conv1d_silu, dt_softplus,
+// gated_rmsnorm) WRITE (=) their input's gradient, as each is the only op that
+// feeds it, so the backward need not zero those buffers first (their weight
+// gradients still accumulate). rmsnorm_backward adds: its input's gradient is
+// the residual stream's.
 // Matmuls that read the same input (a GLA layer's q, k, v, og and gate
 // projections; the MLP's gate and up): out[i] = inp w[i]^T, [N, OC[i]], no bias.
 #define MATMUL_GROUP_MAX 5
@@ -1191,8 +1197,7 @@ inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     float **d = a->drows;
     // the MLP: out = res_mid + down(silu(gate) * up); a->dres holds d out
     float *dmlp_h = d[0], *dmlp_gate = d[1], *dmlp_up = d[2], *dmlp_in = d[3];  // [BT, F] x 3, [BT, D]
-    op->zero(dmlp_h, (size_t)BT * F); op->zero(dmlp_gate, (size_t)BT * F); op->zero(dmlp_up, (size_t)BT * F);
-    op->zero(dmlp_in, (size_t)BT * D);
+    op->zero(dmlp_h, (size_t)BT * F); op->zero(dmlp_in, (size_t)BT * D);  // (swiglu writes dmlp_gate and dmlp_up)
     op->matmul_backward(dmlp_h, G->down_proj, nullptr, a->dres, act->mlp_h, W->down_proj, BT, F, D);
     op->swiglu_backward(dmlp_gate, dmlp_up, dmlp_h, act->mlp_gate, act->mlp_up, (size_t)BT * F);
     op->matmul_backward(dmlp_in, G->gate_proj, nullptr, dmlp_gate, act->mlp_in, W->gate_proj, BT, D, F);
@@ -1202,7 +1207,7 @@ inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     float *do_out = d[0], *do_raw = d[1], *dog = d[2];          // [BT, V]: d o_out, d o (scan output), d og
     float *dq = d[3], *dk = d[4], *dv_ = d[5], *dgate = d[6];   // [BT, K], [BT, K], [BT, V], [BT, K]
     float *dgk_pre = d[7], *dgk_low = d[8], *dattn_in = d[0];  // [BT, K], [BT, r], [BT, D] (do_out is spent by then)
-    op->zero(do_out, (size_t)BT * V); op->zero(do_raw, (size_t)BT * V); op->zero(dog, (size_t)BT * V);
+    op->zero(do_out, (size_t)BT * V);  // (the norm and gate write do_raw and dog)
     op->matmul_backward(do_out, G->o_proj, nullptr, a->dres, act->o_out, W->o_proj, BT, V, D);
     op->head_norm_gate_backward(do_raw, dog, G->g_norm, do_out, act->o, act->og, W->g_norm, act->o_rstd, BT, H, dv);
     op->zero(dq, (size_t)BT * K); op->zero(dk, (size_t)BT * K); op->zero(dv_, (size_t)BT * V); op->zero(dgate, (size_t)BT * K);
@@ -1212,7 +1217,7 @@ inline void gla_layer_backward(const Ops *op, Model *m, int l, int B, int T) {
     else
         op->gla_recurrent_backward(dq, dk, dv_, dgate, do_raw, act->S_all, act->q, act->k, act->v, act->gate, B, T, H, K, V,
                                    a->scratch, a->scratch_per_task);
-    op->zero(dgk_pre, (size_t)BT * K); op->zero(dgk_low, (size_t)BT * r); op->zero(dattn_in, (size_t)BT * D);
+    op->zero(dgk_low, (size_t)BT * r); op->zero(dattn_in, (size_t)BT * D);  // (the gate writes dgk_pre)
     op->gla_gate_backward(dgk_pre, dgate, act->gk_pre, (size_t)BT * K);
     op->matmul_backward(dgk_low, G->gk_proj1, G->gk_bias, dgk_pre, act->gk_low, W->gk_proj1, BT, r, K);
     op->matmul_backward(dattn_in, G->gk_proj0, nullptr, dgk_low, act->attn_in, W->gk_proj0, BT, D, r);
@@ -1237,9 +1242,9 @@ inline void mamba2_layer_backward(const Ops *op, Model *m, int l, int B, int T) 
     float *ddt = d[4], *dlda = d[5];               // [BT, nh]: d dt, d of the log decay dt A
     float *dnorm_out = d[6];                       // [BT, D]
     float *gnorm_work = d[7];                      // the gated norm backward's work space (2 E floats a block of rows)
-    op->zero(dy_out, (size_t)BT * E); op->zero(dy, (size_t)BT * E); op->zero(dzxbcdt, (size_t)BT * Din);
-    op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh); op->zero(dlda, (size_t)BT * nh);
-    op->zero(dnorm_out, (size_t)BT * D);
+    // (the gated norm writes dy and dzxbcdt's z part, the conv its xbc part, dt_softplus its dt part)
+    op->zero(dy_out, (size_t)BT * E); op->zero(dxbc, (size_t)BT * Cc); op->zero(ddt, (size_t)BT * nh);
+    op->zero(dlda, (size_t)BT * nh); op->zero(dnorm_out, (size_t)BT * D);
     op->matmul_backward(dy_out, G->out_proj, nullptr, a->dres, act->y_out, W->out_proj, BT, E, D);
     op->gated_rmsnorm_backward(dy, dzxbcdt, Din, G->gnorm, dy_out, act->y, act->zxbcdt, Din, W->gnorm, act->y_rstd, BT, E, gnorm_work);
     if (m->mixer_form == MIX_CHUNKED)

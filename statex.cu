@@ -5,8 +5,9 @@
 //
 // Conventions (as in statex_cpu.cpp): row-major, B*T rows (token t of sequence
 // b at row b*T + t), linear weights [out, in], every backward op ACCUMULATES
-// (+=) into the gradients it writes; the recurrent form of a token mixer is the
-// readable truth, the chunked form the fast path.
+// (+=) into the gradients it writes except the elementwise ops and norms inside
+// a block, which WRITE (=) their input's gradient; the recurrent form of a
+// token mixer is the readable truth, the chunked form the fast path.
 //
 // How the work is spread over the GPU:
 //   - elementwise ops: one thread per element;
@@ -296,7 +297,7 @@ static void residual_forward(float *out, const float *a, const float *b, size_t 
 }
 
 // ----------------------------------------------------------------------------
-// SwiGLU: h = silu(g) * u;  dg += dh * u * silu'(g),  du += dh * silu(g)
+// SwiGLU: h = silu(g) * u;  dg = dh * u * silu'(g),  du = dh * silu(g)
 
 __global__ void swiglu_forward_kernel(float *h, const float *g, const float *u, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -308,8 +309,8 @@ static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
 __global__ void swiglu_backward_kernel(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    dg[i] += dh[i] * u[i] * silu_grad(g[i]);
-    du[i] += dh[i] * silu(g[i]);
+    dg[i] = dh[i] * u[i] * silu_grad(g[i]);
+    du[i] = dh[i] * silu(g[i]);
 }
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     swiglu_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dg, du, dh, g, u, n); launchCheck();
@@ -317,7 +318,7 @@ static void swiglu_backward(float *dg, float *du, const float *dh, const float *
 
 // ----------------------------------------------------------------------------
 // GLA forget gate: a = logsigmoid(x) / 16 = (min(x, 0) - log(1 + e^-|x|)) / 16
-// backward: dx += da * sigmoid(-x) / 16
+// backward: dx = da * sigmoid(-x) / 16 (written, as on the CPU)
 
 __global__ void gla_gate_forward_kernel(float *a, const float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -328,7 +329,7 @@ static void gla_gate_forward(float *a, const float *x, size_t n) {
 }
 __global__ void gla_gate_backward_kernel(float *dx, const float *da, const float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dx[i] += da[i] * sigmoid(-x[i]) / 16.0f;
+    if (i < n) dx[i] = da[i] * sigmoid(-x[i]) / 16.0f;
 }
 static void gla_gate_backward(float *dx, const float *da, const float *x, size_t n) {
     gla_gate_backward_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dx, da, x, n); launchCheck();
@@ -832,7 +833,7 @@ static void gla_chunk_backward(float *dq, float *dk, float *dv, float *da, const
 // GLA per-head output norm and gate, per head's dv slice (one warp per slice):
 //     out = rmsnorm(o) * w * silu(og)
 // backward, n = o * rstd, g = dout * w * silu(og):
-//     do += rstd * (g - n mean(g n)),  dog += dout n w silu'(og),  dw += sum dout n silu(og)
+//     do = rstd * (g - n mean(g n)),  dog = dout n w silu'(og),  dw += sum dout n silu(og)
 
 __global__ void head_norm_gate_forward_kernel(float *out, float *rstd, const float *o, const float *og, const float *w, int rows, int dv) {
     int r = warp_row(), lane = threadIdx.x % 32;
@@ -858,8 +859,8 @@ __global__ void head_norm_gate_backward_kernel(float *do_, float *dog, const flo
     dot = warp_sum(dot) / dv;
     for (int j = lane; j < dv; j += 32) {
         float n = o[off + j] * rs;
-        do_[off + j] += rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * dot);
-        dog[off + j] += dout[off + j] * n * w[j] * silu_grad(og[off + j]);
+        do_[off + j] = rs * (dout[off + j] * w[j] * silu(og[off + j]) - n * dot);
+        dog[off + j] = dout[off + j] * n * w[j] * silu_grad(og[off + j]);
     }
 }
 __global__ void __launch_bounds__(1024)
@@ -919,7 +920,7 @@ static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_
 }
 
 // backward (zero initial window), g_t = dout_t * silu'(pre_t):
-//     din_tau[c] += sum_j g_{tau+(W-1)-j}[c] w[c][j]      (one thread per element)
+//     din_tau[c] = sum_j g_{tau+(W-1)-j}[c] w[c][j]       (one thread per element; written)
 //     dw[c][j] += sum_t g_t[c] in_{t-(W-1)+j}[c],  dbias[c] += sum_t g_t[c]   (column sums over
 //     the Cc*(W+1) columns (c, j), j = W standing for the bias)
 __global__ void conv1d_din_kernel(float *din, int din_stride, const float *dout, const float *pre, const float *w, int B, int T, int Cc, int W) {
@@ -933,7 +934,7 @@ __global__ void conv1d_din_kernel(float *din, int din_stride, const float *dout,
         size_t o = ((size_t)b * T + t) * Cc + c;
         acc += dout[o] * silu_grad(pre[o]) * w[c * W + j];
     }
-    din[(size_t)row * din_stride + c] += acc;
+    din[(size_t)row * din_stride + c] = acc;
 }
 __global__ void __launch_bounds__(1024)
 conv1d_dw_kernel(float *dw, float *dbias, const float *dout, const float *pre, const float *in, int in_stride, int B, int T,
@@ -961,7 +962,7 @@ static void conv1d_silu_backward(float *din, int din_stride, float *dw, float *d
 }
 
 // ----------------------------------------------------------------------------
-// Mamba2 step size: dt = softplus(raw + dt_bias);  d raw += d dt * sigmoid(raw + dt_bias),
+// Mamba2 step size: dt = softplus(raw + dt_bias);  d raw = d dt * sigmoid(raw + dt_bias) (written),
 // d dt_bias the same summed over rows
 
 __global__ void dt_softplus_forward_kernel(float *dt, const float *raw, int raw_stride, const float *bias, int BT, int nh) {
@@ -978,7 +979,7 @@ __global__ void dt_softplus_draw_kernel(float *draw, int draw_stride, const floa
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)BT * nh) return;
     int r = i / nh, h = i % nh;
-    draw[(size_t)r * draw_stride + h] += ddt[i] * sigmoid(raw[(size_t)r * raw_stride + h] + bias[h]);
+    draw[(size_t)r * draw_stride + h] = ddt[i] * sigmoid(raw[(size_t)r * raw_stride + h] + bias[h]);
 }
 __global__ void __launch_bounds__(1024)
 dt_softplus_dbias_kernel(float *dbias, const float *ddt, const float *raw, int raw_stride, const float *bias, int BT,
@@ -1458,7 +1459,7 @@ static void ssd_decay_backward(float *ddt, float *dA_log, float *dD, const float
 // ----------------------------------------------------------------------------
 // Mamba2 gated rmsnorm over all E channels (one warp per row):
 //     out = rmsnorm(y * silu(z)) * w
-// backward with g = y silu(z): dg by rmsnorm's rule; dy += dg silu(z), dz += dg y silu'(z)
+// backward with g = y silu(z): dg by rmsnorm's rule; dy = dg silu(z), dz = dg y silu'(z)
 
 __global__ void gated_rmsnorm_forward_kernel(float *out, float *rstd, const float *y, const float *z, int z_stride, const float *w, int BT, int E) {
     int r = warp_row(), lane = threadIdx.x % 32;
@@ -1488,8 +1489,8 @@ __global__ void gated_rmsnorm_backward_kernel(float *dy, float *dz, int dz_strid
     dot = warp_sum(dot) / E;
     for (int j = lane; j < E; j += 32) {
         float sz = silu(zr[j]), n = yr[j] * sz * rs, dg = rs * (d[j] * w[j] - n * dot);
-        dy[(size_t)r * E + j] += dg * sz;
-        dz[(size_t)r * dz_stride + j] += dg * yr[j] * silu_grad(zr[j]);
+        dy[(size_t)r * E + j] = dg * sz;
+        dz[(size_t)r * dz_stride + j] = dg * yr[j] * silu_grad(zr[j]);
     }
 }
 __global__ void __launch_bounds__(1024)

@@ -128,7 +128,7 @@ static void gpu_twice(const char *what, Op op, std::initializer_list<Both<float>
 
 // ----------------------------------------------------------------------------
 // the ops, each forward and backward on small random inputs; backward outputs
-// start non-zero, so "accumulates" is tested too
+// start non-zero, so whether an op adds to them or writes them is tested too
 
 TEST_CASE("gpu: ops (embedding, norms, matmul, elementwise, loss, AdamW)" * doctest::skip(gpu_skip())) {
     NEED_GPU();

@@ -184,7 +184,7 @@ TEST_CASE("conv1d + SiLU: forward and backward on 1, 2 or 3 threads, bit for bit
         std::vector<Vec> got;
         for (int nt : {1, 2, 3}) {
             omp_set_num_threads(nt);
-            Vec out(B * T * Cc), pre(B * T * Cc), din = base_din, dw = base_dw, db(Cc, 1.0f);  // the backward adds onto these
+            Vec out(B * T * Cc), pre(B * T * Cc), din = base_din, dw = base_dw, db(Cc, 1.0f);  // din is written, dw and db added to
             cpu::ops.conv1d_silu_forward(out.data(), pre.data(), in.data(), stride, w.data(), bias.data(), nullptr, B, T, Cc, W);
             cpu::ops.conv1d_silu_backward(din.data(), stride, dw.data(), db.data(), dout.data(), pre.data(), in.data(), stride, w.data(), B, T, Cc, W);
             for (Vec *v : {&out, &pre, &din, &dw, &db}) got.push_back(*v);
@@ -208,7 +208,7 @@ TEST_CASE("gated rmsnorm backward: 1, 2 or 3 threads, bit for bit") {
     std::vector<Vec> got;
     for (int nt : {1, 2, 3}) {
         omp_set_num_threads(nt);
-        Vec dy = base_dy, dz = base_dz, dw = base_dw, work(BT * E);  // the backward adds onto these
+        Vec dy = base_dy, dz = base_dz, dw = base_dw, work(BT * E);  // dy, dz are written, dw added to
         cpu::ops.gated_rmsnorm_backward(dy.data(), dz.data(), zs, dw.data(), dout.data(), y.data(), z.data(), zs, w.data(),
                                         rstd.data(), BT, E, work.data());
         for (Vec *v : {&dy, &dz, &dw}) got.push_back(*v);
@@ -216,6 +216,57 @@ TEST_CASE("gated rmsnorm backward: 1, 2 or 3 threads, bit for bit") {
     omp_set_num_threads(threads);
     for (size_t i = 3; i < got.size(); i++) CHECK_MESSAGE(got[i] == got[i % 3], "result " << i % 3 << ", threads " << 1 + i / 3);
     CHECK(got[2] != base_dw);
+}
+
+// The elementwise ops and norms inside a block WRITE their input's gradient
+// (=) rather than add to it, so the model's backward does not zero those
+// buffers (model.h, the op table). Their results must not depend on what the
+// buffer held, and where it is a slice of wider rows (the conv, dt and the
+// gated norm write parts of in_proj's output gradient) the rest of each row
+// must be left as it was; their weight gradients still add.
+TEST_CASE("backward ops that write their input's gradient: the old contents never matter, the rest of a row is kept") {
+    Rng r = {71};
+    int B = 2, T = 13, BT = B * T, Cc = 40, W = 4, H = 3, dv = 8, E = 24, nh = 3, stride = 100;  // row: [z E | xbc Cc | dt nh | 33 more]
+    size_t n = (size_t)BT * H * dv;
+    Vec g = normal_vec(n, &r), u = normal_vec(n, &r), dh = normal_vec(n, &r), og = normal_vec(n, &r), hw = normal_vec(dv, &r);
+    Vec pre = normal_vec((size_t)BT * Cc, &r), cw = normal_vec(Cc * W, &r), dcout = normal_vec((size_t)BT * Cc, &r);
+    Vec in = normal_vec((size_t)BT * stride, &r), ddt = normal_vec((size_t)BT * nh, &r), dtb = normal_vec(nh, &r);
+    Vec y = normal_vec((size_t)BT * E, &r), gw = normal_vec(E, &r), dgout = normal_vec((size_t)BT * E, &r);
+    Vec hout(n), hrstd(BT * H), gout((size_t)BT * E), grstd(BT), work((size_t)BT * E);
+    cpu::ops.head_norm_gate_forward(hout.data(), hrstd.data(), g.data(), og.data(), hw.data(), BT, H, dv);
+    cpu::ops.gated_rmsnorm_forward(gout.data(), grstd.data(), y.data(), in.data(), stride, gw.data(), BT, E);
+    // every op once, its written outputs filled with `fill` first; weight gradients start at 1
+    auto all = [&](float fill) {
+        std::vector<Vec> o;
+        Vec a(n, fill), b(n, fill);
+        cpu::ops.swiglu_backward(a.data(), b.data(), dh.data(), g.data(), u.data(), n);
+        o.push_back(a); o.push_back(b);
+        Vec c(n, fill);
+        cpu::ops.gla_gate_backward(c.data(), dh.data(), g.data(), n);
+        o.push_back(c);
+        Vec d(n, fill), e(n, fill), dw(dv, 1.0f);
+        cpu::ops.head_norm_gate_backward(d.data(), e.data(), dw.data(), dh.data(), g.data(), og.data(), hw.data(), hrstd.data(), BT, H, dv);
+        o.push_back(d); o.push_back(e); o.push_back(dw);
+        Vec rows((size_t)BT * stride, fill), gdy((size_t)BT * E, fill), gdw(E, 1.0f), cdw(Cc * W, 1.0f), cdb(Cc, 1.0f), tdb(nh, 1.0f);
+        for (int i = 0; i < BT; i++)
+            for (int j = E + Cc + nh; j < stride; j++) rows[(size_t)i * stride + j] = 7.0f;  // not the ops': must stay
+        cpu::ops.gated_rmsnorm_backward(gdy.data(), rows.data(), stride, gdw.data(), dgout.data(), y.data(), in.data(), stride, gw.data(),
+                                        grstd.data(), BT, E, work.data());
+        cpu::ops.conv1d_silu_backward(rows.data() + E, stride, cdw.data(), cdb.data(), dcout.data(), pre.data(), in.data() + E, stride,
+                                      cw.data(), B, T, Cc, W);
+        cpu::ops.dt_softplus_backward(rows.data() + E + Cc, stride, tdb.data(), ddt.data(), in.data() + E + Cc, stride, dtb.data(), BT, nh);
+        for (int i = 0; i < BT; i++)
+            for (int j = E + Cc + nh; j < stride; j++) CHECK(rows[(size_t)i * stride + j] == 7.0f);
+        for (Vec *v : {&gdy, &rows, &gdw, &cdw, &cdb, &tdb}) o.push_back(*v);
+        return o;
+    };
+    std::vector<Vec> from_zero = all(0.0f), from_nan = all(NAN);
+    REQUIRE(from_zero.size() == from_nan.size());
+    for (size_t i = 0; i < from_zero.size(); i++) CHECK_MESSAGE(from_zero[i] == from_nan[i], "output " << i);
+    // a weight gradient still adds: head_norm_gate's dw from 0, against from_zero[5], which started at 1
+    Vec d(n), e(n), dw(dv, 0.0f);
+    cpu::ops.head_norm_gate_backward(d.data(), e.data(), dw.data(), dh.data(), g.data(), og.data(), hw.data(), hrstd.data(), BT, H, dv);
+    for (int j = 0; j < dv; j++) CHECK(from_zero[5][j] == 1.0f + dw[j]);
 }
 
 TEST_CASE("fd: cross-entropy with ignored targets") {
