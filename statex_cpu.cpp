@@ -164,7 +164,7 @@ static inline dotv loadd(const float *p) { dotv v; memcpy(&v, p, sizeof v); retu
 // vector halves. Through memory and scalar adds the tree cost as much as
 // reading a 256-float row of W from cache: decoding at batch 8 gained 15-25%
 // from this, at batch 1 up to 7 points of the bandwidth bound.
-static inline float tree64(const dotv *acc) {
+__attribute__((always_inline)) static inline float tree64(const dotv *acc) {
     dotv v[16 / DOTV];
     for (int q = 0; q < 16 / DOTV; q++) v[q] = (acc[q] + acc[q + 16 / DOTV]) + (acc[q + 32 / DOTV] + acc[q + 48 / DOTV]);
 #if DOTV == 8
@@ -182,8 +182,10 @@ static inline float tree64(const dotv *acc) {
 // the loop (sum_of's generic form keeps them in memory there). It is the inner
 // loop of a decode step's matrix-vector products, whose rows are short. Every
 // product is fused into its sum, which sum_of's 16-wide tail does not do, so
-// the last bit can differ from sum_of's for some n.
-static inline float dot(const float *a, const float *b, int n) {
+// the last bit can differ from sum_of's for some n. Inlined by force, as is
+// tree64: in matvec_block's loop over rows GCC called one or the other once
+// per row, the 64 sums going through memory.
+__attribute__((always_inline)) static inline float dot(const float *a, const float *b, int n) {
     dotv acc[64 / DOTV] = {};
     int i = 0;
     for (; i + 64 <= n; i += 64)
@@ -375,8 +377,6 @@ __attribute__((always_inline)) static inline void matvec_column(float *out, cons
     const float *wo = w + (size_t)o * C;
     float b = bias ? bias[o] : 0.0f;
     int n = 0;
-    if (o % 16 == 0 && o + 64 < OC)  // (the output lines were last read by other threads: ask for them ahead of the stores)
-        for (int r = 0; r < N; r++) __builtin_prefetch(out + (size_t)r * OC + o + 64, 1);
 #if defined(__AVX512F__)  // (two sets of sums fit AVX-512's 32 vector registers; AVX2 has 16, and spilling measured slower)
     for (; n + 2 <= N; n += 2) {  // two inputs per pass over the row
         float s0, s1;
@@ -392,20 +392,34 @@ __attribute__((always_inline)) static inline void matvec_column(float *out, cons
 // matvec_column (generic in N, dot_pair's two sets of sums beside the one
 // needed) a sweep over gla-small's decode matrices took 15-30% longer (Zen 4,
 // 2 threads), whether GCC called matvec_column per row or inlined it. The
-// callers choose between the two once per product: matvec_column handing N = 1
-// on to matvec_one itself measured 20% slower again.
-static inline void matvec_one(float *out, const float *inp, const float *w, const float *bias, int o, int C, int OC) {
-    if (o % 16 == 0 && o + 64 < OC) __builtin_prefetch(out + o + 64, 1);  // (as in matvec_column)
+// choice between the two is made once per block of rows (matvec_block):
+// matvec_column handing N = 1 on to matvec_one itself measured 20% slower.
+static inline void matvec_one(float *out, const float *inp, const float *w, const float *bias, int o, int C) {
     out[o] = dot(w + (size_t)o * C, inp, C) + (bias ? bias[o] : 0.0f);
 }
+// Rows MATVEC_BLOCK b .. MATVEC_BLOCK b + MATVEC_BLOCK - 1 of W (fewer at the
+// end): the threads' tasks in a decode step's products. With a task of one
+// row, each row of W was a call of the task's lambda (GCC does not inline a
+// lambda this large into parallel_for's loop) and then of dot: gla-small's
+// batch-1 generation ran at 41-47% of the bandwidth bound, in blocks at
+// 51-55% (Zen 4, 2 threads, five alternating runs). A block of 16 is one
+// cache line of each output row, asked for 64 columns ahead of the stores
+// (the output lines were last read by other threads).
+#define MATVEC_BLOCK 16
+static void matvec_block(float *out, const float *inp, const float *w, const float *bias, long b, int N, int C, int OC) {
+    int o0 = b * MATVEC_BLOCK, o1 = std::min(OC, o0 + MATVEC_BLOCK);
+    if (o0 + 64 < OC)
+        for (int r = 0; r < N; r++) __builtin_prefetch(out + (size_t)r * OC + o0 + 64, 1);
+    if (N == 1)
+        for (int o = o0; o < o1; o++) matvec_one(out, inp, w, bias, o, C);
+    else
+        for (int o = o0; o < o1; o++) matvec_column(out, inp, w, bias, o, N, C, OC);
+}
+static int matvec_blocks(int OC) { return (OC + MATVEC_BLOCK - 1) / MATVEC_BLOCK; }
 
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-    if (N == 1) {
-        parallel_for(OC, (size_t)OC * C, [&](long o) { matvec_one(out, inp, w, bias, o, C, OC); });
-        return;
-    }
     if (N <= MATVEC_ROWS) {
-        parallel_for(OC, (size_t)OC * C, [&](long o) { matvec_column(out, inp, w, bias, o, N, C, OC); });
+        parallel_for(matvec_blocks(OC), (size_t)OC * C, [&](long b) { matvec_block(out, inp, w, bias, b, N, C, OC); });
         return;
     }
     #pragma omp parallel for schedule(dynamic)
@@ -424,16 +438,15 @@ static void matmul_group_forward(const MatmulGroup *g, const float *inp, int N, 
     int per[MATMUL_GROUP_MAX], tasks = 0;
     size_t work = 0;
     for (int i = 0; i < g->n; i++) {
-        per[i] = decode ? g->OC[i] : (N + MM_ROWS - 1) / MM_ROWS;
+        per[i] = decode ? matvec_blocks(g->OC[i]) : (N + MM_ROWS - 1) / MM_ROWS;
         tasks += per[i];
         work += (size_t)g->OC[i] * C;
     }
     auto member = [&](int *t) { int i = 0; while (*t >= per[i]) *t -= per[i++]; return i; };  // task -> (member, index)
     if (decode) {
         parallel_for(tasks, work, [&](long task) {
-            int o = task, i = member(&o);
-            if (N == 1) matvec_one(g->out[i], inp, g->w[i], nullptr, o, C, g->OC[i]);
-            else matvec_column(g->out[i], inp, g->w[i], nullptr, o, N, C, g->OC[i]);
+            int b = task, i = member(&b);
+            matvec_block(g->out[i], inp, g->w[i], nullptr, b, N, C, g->OC[i]);
         });
         return;
     }
