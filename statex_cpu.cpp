@@ -972,7 +972,12 @@ static int conv_block_width(int Cc, int W, int B) {
 static void conv1d_silu_forward(float *out, float *pre, const float *in, int in_stride, const float *w, const float *bias,
                          float *conv_state, int B, int T, int Cc, int W) {
     int width = conv_block_width(Cc, W, B), nblock = (Cc + width - 1) / width;
-    parallel_for(B * nblock, (size_t)B * T * Cc, [&](long task) {
+    // the work in multiply-adds, W a channel (as the matmuls count theirs), so
+    // that a batch-8 decode step's conv (mamba2-small: 8 x 640 channels x 4
+    // taps) is split between the threads, not left to thread 0: batch-8
+    // mamba2-small generation 8351 against 7710 tokens/s (medians of 8
+    // alternating runs, Zen 4, 2 threads)
+    parallel_for(B * nblock, (size_t)B * T * Cc * W, [&](long task) {
         int b = task / nblock, c0 = task % nblock * width, nb = std::min(width, Cc - c0);
         float wt[CONV_TAPS], acc[CONV_TAPS];
         for (int t = 0; t < std::min(T, ROWS_AHEAD); t++) {  // the first rows now (in a decode step the other threads wrote them)
