@@ -164,7 +164,7 @@ static inline dotv loadd(const float *p) { dotv v; memcpy(&v, p, sizeof v); retu
 // vector halves. Through memory and scalar adds the tree cost as much as
 // reading a 256-float row of W from cache: decoding at batch 8 gained 15-25%
 // from this, at batch 1 up to 7 points of the bandwidth bound.
-__attribute__((always_inline)) static inline float tree64(const dotv *acc) {
+static inline float tree64(const dotv *acc) {
     dotv v[16 / DOTV];
     for (int q = 0; q < 16 / DOTV; q++) v[q] = (acc[q] + acc[q + 16 / DOTV]) + (acc[q + 32 / DOTV] + acc[q + 48 / DOTV]);
 #if DOTV == 8
@@ -182,10 +182,8 @@ __attribute__((always_inline)) static inline float tree64(const dotv *acc) {
 // the loop (sum_of's generic form keeps them in memory there). It is the inner
 // loop of a decode step's matrix-vector products, whose rows are short. Every
 // product is fused into its sum, which sum_of's 16-wide tail does not do, so
-// the last bit can differ from sum_of's for some n. Inlined by force, as is
-// tree64: in matvec_block's loop over rows GCC called one or the other once
-// per row, the 64 sums going through memory.
-__attribute__((always_inline)) static inline float dot(const float *a, const float *b, int n) {
+// the last bit can differ from sum_of's for some n.
+static inline float dot(const float *a, const float *b, int n) {
     dotv acc[64 / DOTV] = {};
     int i = 0;
     for (; i + 64 <= n; i += 64)
@@ -402,11 +400,15 @@ static inline void matvec_one(float *out, const float *inp, const float *w, cons
 // row, each row of W was a call of the task's lambda (GCC does not inline a
 // lambda this large into parallel_for's loop) and then of dot: gla-small's
 // batch-1 generation ran at 41-47% of the bandwidth bound, in blocks at
-// 51-55% (Zen 4, 2 threads, five alternating runs). A block of 16 is one
+// 51-55% (Zen 4, 2 threads, five alternating runs). `flatten` inlines all
+// it calls (GCC otherwise called dot, or tree64, once per row, the 64 sums
+// going through memory), and only here: forced inline everywhere, dot let
+// GCC fuse a multiply into a subtraction differently in the SSD backward,
+// and training's results changed in the last bit. A block of 16 is one
 // cache line of each output row, asked for 64 columns ahead of the stores
 // (the output lines were last read by other threads).
 #define MATVEC_BLOCK 16
-static void matvec_block(float *out, const float *inp, const float *w, const float *bias, long b, int N, int C, int OC) {
+__attribute__((flatten)) static void matvec_block(float *out, const float *inp, const float *w, const float *bias, long b, int N, int C, int OC) {
     int o0 = b * MATVEC_BLOCK, o1 = std::min(OC, o0 + MATVEC_BLOCK);
     if (o0 + 64 < OC)
         for (int r = 0; r < N; r++) __builtin_prefetch(out + (size_t)r * OC + o0 + 64, 1);
