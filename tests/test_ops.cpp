@@ -62,8 +62,8 @@ TEST_CASE("matmul: the few-rows (decode) path == the GEMM path") {
     }
 }
 
-// A group of matmuls on one input runs all members' blocks (or, decoding,
-// columns) in one parallel loop; each member must come out exactly as its own
+// A group of matmuls on one input runs all members' blocks (of rows of the
+// input, or, decoding, of rows of W) in one parallel loop; each member must come out exactly as its own
 // matmul_forward would make it, on the GEMM path and the decode path.
 TEST_CASE("matmul group == its members' matmul_forward, bit for bit") {
     Rng r = {32};
