@@ -137,11 +137,13 @@ $(BIN_TESTS): $(patsubst tests/%.cpp,build/tests/%.o,$(TESTS)) $(CPU_OBJ) $(GPU_
 	$(CXX) $^ -o $@ $(LDLIBS)
 
 # the corpus: Debian's fortunes, cleaned to printable ASCII, split train/val
-data: data/train.txt
-data/train.txt: data/prepare.sh | deps-data
+# (both files one target: a tree that lost val.txt prepares the corpus again)
+CORPUS_FILES = data/train.txt data/val.txt
+data: $(CORPUS_FILES)
+$(CORPUS_FILES) &: data/prepare.sh | deps-data
 	sh data/prepare.sh
 
-test: $(BIN_TESTS) $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+test: $(BIN_TESTS) $(BIN_TRAIN) $(BIN_INFER) $(CORPUS_FILES)
 	./tests/run_tests
 
 # only the GPU tests; without a usable GPU they fail, saying why
@@ -188,7 +190,7 @@ $(SAN_DIR)/train $(SAN_DIR)/infer: $(SAN_DIR)/%: $(SAN_DIR)/%.o $(SAN_DIR)/state
 $(SAN_DIR)/tests/run_tests: $(patsubst %.cpp,$(SAN_DIR)/%.o,$(TESTS)) $(SAN_DIR)/statex_cpu.o
 	$(CXX) $(SAN_FLAGS) $^ -o $@ -lm
 
-sanitize: $(SAN_DIR)/train $(SAN_DIR)/infer $(SAN_DIR)/tests/run_tests data/train.txt
+sanitize: $(SAN_DIR)/train $(SAN_DIR)/infer $(SAN_DIR)/tests/run_tests $(CORPUS_FILES)
 	ln -sfn ../../data $(SAN_DIR)/data
 	ln -sfn ../../../tests/refdata $(SAN_DIR)/tests/refdata
 	ln -sfn ../../../tests/kill_test.sh $(SAN_DIR)/tests/kill_test.sh
@@ -210,16 +212,16 @@ bench-gpu: $(BIN_TRAIN) $(BIN_INFER)
 	  echo "$$out"; case "$$out" in *skipped*) break;; esac; done
 	@./infer --bench --device cuda
 
-train: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+train: $(BIN_TRAIN) $(BIN_INFER) $(CORPUS_FILES)
 	./train --preset tiny-mamba2 --n-layer 4 --d-state 16 --batch 4 --lr 4e-3 --steps 3400 --eval-every 200 \
 	  --out out/tiny-mamba2.bin
 	./infer --model out/tiny-mamba2.bin --prompt "The " --max-tokens 400 --seed 1
 
 # the StateX recall experiment (about 45 minutes on 2 CPU cores; see README.md), and its smoke test
-experiment: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+experiment: $(BIN_TRAIN) $(BIN_INFER) $(CORPUS_FILES)
 	sh data/experiment.sh out/experiment
 
-experiment-quick: $(BIN_TRAIN) $(BIN_INFER) data/train.txt
+experiment-quick: $(BIN_TRAIN) $(BIN_INFER) $(CORPUS_FILES)
 	sh data/experiment.sh --quick out/experiment-quick
 
 clean:
