@@ -290,9 +290,16 @@ inline size_t num_params_of(const Config *c) {
 // Chunk lengths of the chunked (parallel) forms. Any T works; the last chunk
 // may be short. GLA decays per key channel, so its intra-chunk scores need one
 // exp per (t, s, channel): short chunks keep that cheap. Mamba2 decays per head,
-// so longer chunks pay off.
+// so longer chunks pay off, as long as the state is not small: a chunk's
+// quadratic part costs about CL^2 (N + nh P) multiply-adds against CL nh P N
+// for its state terms, so a small N wants a shorter chunk. SSD_CHUNK is the
+// longest (the work spaces are sized by it); ssd_chunk_len picks a layer's.
+// The main job's layers (N 16, P 48) trained 8-10% faster a step with chunks
+// of 32 than of 64 (and of 16: no faster than 64); at N 32 the two were even,
+// at N 64 (mamba2-small) 32 was 1-4% slower (Zen 4, 2 threads, alternating runs).
 #define GLA_CHUNK 16
 #define SSD_CHUNK 64
+inline int ssd_chunk_len(int N) { return N <= 16 ? SSD_CHUNK / 2 : SSD_CHUNK; }
 inline int n_chunks(int T, int C) { return (T + C - 1) / C; }
 
 // GLA keeps the state entering only every GLA_STATE_EVERY-th chunk (every 64
@@ -381,7 +388,7 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, size_t scr
             take(&L->conv_pre, BT * m2_conv_dim(c, l)); take(&L->xbc, BT * m2_conv_dim(c, l));
             take(&L->dt, BT * nh); take(&L->y, BT * E);
             take(&L->y_rstd, BT); take(&L->y_out, BT * E);
-            take(&L->h, (size_t)B * (n_chunks(T, SSD_CHUNK) + 1) * states);
+            take(&L->h, (size_t)B * (n_chunks(T, ssd_chunk_len(N)) + 1) * states);
             if (keep_steps) take(&L->h_all, BT * states); else L->h_all = nullptr;
             size_t w = std::max((size_t)m2_in_dim(c, l), D);
             widest = std::max(widest, w);
@@ -404,7 +411,7 @@ inline size_t acts_layout(const Config *c, int B, int T, int n_tasks, size_t scr
 // Model FLOPs per token of one forward pass (a multiply-add is 2 FLOPs): the
 // matmuls (2 x their weights) plus the token mixers in the form used.
 //   GLA layer, chunked:   H ((C+1)(dk+dv) + 4 dk dv)    C = GLA_CHUNK
-//   Mamba2 layer, chunked: (C+1) N + nh ((C+1) P + 4 P N)   C = SSD_CHUNK
+//   Mamba2 layer, chunked: (C+1) N + nh ((C+1) P + 4 P N)   C = ssd_chunk_len(N)
 //   recurrent (one token): GLA 4 H dk dv, Mamba2 4 nh P N
 // A training step costs 3x the forward (the usual 6N rule for the matmuls).
 inline double matmul_weights(const Config *c) {
@@ -425,7 +432,7 @@ inline double forward_flops_per_token(const Config *c, bool recurrent) {
             double H = c->n_head[l], dk = c->key_dim / H, dv = c->value_dim / H, C = GLA_CHUNK;
             f += recurrent ? 4 * H * dk * dv : H * ((C + 1) * (dk + dv) + 4 * dk * dv);
         } else {
-            double N = c->d_state[l], P = c->headdim, nh = m2_nheads(c), C = SSD_CHUNK;
+            double N = c->d_state[l], P = c->headdim, nh = m2_nheads(c), C = ssd_chunk_len(N);
             f += recurrent ? 4 * nh * P * N : (C + 1) * N + nh * ((C + 1) * P + 4 * P * N);
         }
     }
@@ -1135,7 +1142,7 @@ inline void mamba2_layer_forward(const Ops *op, Model *m, int l, int B, int T, f
     op->conv1d_silu_forward(act->xbc, act->conv_pre, act->zxbcdt + E, Din, W->conv_w, W->conv_b, conv_state, B, T, Cc, c->d_conv);
     op->dt_softplus_forward(act->dt, act->zxbcdt + E + Cc, Din, W->dt_bias, BT, nh);
     if (m->mixer_form == MIX_CHUNKED) {
-        int nc = n_chunks(T, SSD_CHUNK);
+        int nc = n_chunks(T, ssd_chunk_len(N));
         op->copy_states(act->h, nc + 1, 0, st ? st->layer[l] : nullptr, B * nh, X, true);  // zeros without a state
         op->ssd_chunk_forward(act->y, act->h, act->xbc, act->dt, W->A_log, W->D, B, T, nh, P, N, m->acts.scratch,
                               m->acts.scratch_per_task);

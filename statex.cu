@@ -1096,17 +1096,18 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 
 // ----------------------------------------------------------------------------
 // Mamba2 SSD, chunked form (state space duality; the math is in statex_cpu.cpp).
-// In a chunk of C = SSD_CHUNK steps, c_t the cumulative log decay (one scalar
-// per head), v_s = dt_s x_s, L_ts = e^{c_t - c_s} for s <= t:
+// In a chunk of CL = ssd_chunk_len(N) steps, c_t the cumulative log decay (one
+// scalar per head), v_s = dt_s x_s, L_ts = e^{c_t - c_s} for s <= t:
 //     y_t   = sum_{s<=t} L_ts ⟨C_t, B_s⟩ v_s + e^{c_t} H_in C_t + D x_t
 //     H_out = e^{c_last} H_in + sum_s e^{c_last - c_s} v_s B_s^T
 // hs: [B, nh, nchunk+1, P, N], slot 0 the initial state (input).
 //
 // One block of SSD_THREADS threads per (sequence, head), chunks in order. The
-// chunk's cumulative decay and dt sit in shared memory; the C x C score matrix
-// too, computed like every "sum over n" or "sum over p" product of a chunk by
-// tile_xyt: 64 x 64 outputs, the operands streamed through shared memory in
-// slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
+// chunk's cumulative decay and dt sit in shared memory; the score matrix too,
+// SSD_CHUNK x SSD_CHUNK (a shorter chunk fills part of it, as the last chunk
+// of a sequence may), computed like every "sum over n" or "sum over p" product
+// of a chunk by tile_xyt: 64 x 64 outputs, the operands streamed through
+// shared memory in slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
 // backward) give each thread one (p, n): the reads are coalesced along n.
 
 #define MM_K 16  // reduction slice of tile_xyt
@@ -1159,16 +1160,16 @@ __device__ void ssd_chunk_decay(SsdDecay *d, const float *dt, size_t row0, int l
 
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_chunk_forward_kernel(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
-                         int T, int nh, int P, int N) {
-    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
+                         int T, int nh, int P, int N, int CL) {
+    const int C = SSD_CHUNK, nc = (T + CL - 1) / CL;  // C: the tiles' size; CL: the chunk's length (<= C)
     __shared__ SsdDecay dc;
     __shared__ float M_sh[C][C];
     int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N, tid = threadIdx.x;
     float A = -expf(A_log[h]), acc[16];
     float *Hbh = hs + (size_t)bh * (nc + 1) * P * N;
     for (int c = 0; c < nc; c++) {
-        size_t row0 = (size_t)b * T + (size_t)c * C;
-        int len = imin(C, T - c * C);
+        size_t row0 = (size_t)b * T + (size_t)c * CL;
+        int len = imin(CL, T - c * CL);
         const float *Hin = Hbh + (size_t)c * P * N;
         float *Hout = Hbh + (size_t)(c + 1) * P * N;
         const float *X = xbc + row0 * Cc + h * P, *Bm = xbc + row0 * Cc + E, *Cm = Bm + N;  // chunk rows, stride Cc
@@ -1204,7 +1205,8 @@ ssd_chunk_forward_kernel(float *y, float *hs, const float *xbc, const float *dt,
 static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                        int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
     (void)scratch; (void)scratch_per_task;  // the forward needs no global work space
-    ssd_chunk_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, xbc, dt, A_log, Dskip, T, nh, P, N); launchCheck();
+    ssd_chunk_forward_kernel<<<B * nh, SSD_THREADS>>>(y, hs, xbc, dt, A_log, Dskip, T, nh, P, N, ssd_chunk_len(N));
+    launchCheck();
 }
 
 // Backward of the chunked form, chunks in reverse carrying dH (the gradient of
@@ -1260,18 +1262,18 @@ struct SsdBackwardShared {
 
 // CB_ts and G_ts for s <= t < len, else 0 (tile_xyt: every thread calls it)
 __device__ void ssd_chunk_backward_scores(SsdBackwardShared &sh, const SsdChunk &ch) {
-    const int CL = SSD_CHUNK;
+    const int C = SSD_CHUNK;  // the tile's width (the chunk may be shorter)
     float acc[16];
     tile_xyt(acc, ch.Cm, ch.Cc, ch.len, ch.Bm, ch.Cc, ch.len, ch.N);
 #pragma unroll
     for (int k = 0; k < 16; k++) {
-        int e = threadIdx.x + k * SSD_THREADS, t = e / CL, s = e % CL;
+        int e = threadIdx.x + k * SSD_THREADS, t = e / C, s = e % C;
         sh.CB[t][s] = s <= t && t < ch.len ? acc[k] * expf(sh.dc.cum[t] - sh.dc.cum[s]) : 0.0f;
     }
     tile_xyt(acc, ch.dY, ch.E, ch.len, ch.X, ch.Cc, ch.len, ch.P);
 #pragma unroll
     for (int k = 0; k < 16; k++) {
-        int e = threadIdx.x + k * SSD_THREADS, t = e / CL, s = e % CL;
+        int e = threadIdx.x + k * SSD_THREADS, t = e / C, s = e % C;
         sh.G[t][s] = s <= t && t < ch.len ? acc[k] * expf(sh.dc.cum[t] - sh.dc.cum[s]) * sh.dc.dt[s] : 0.0f;
     }
 }
@@ -1367,9 +1369,9 @@ __device__ void ssd_chunk_backward_write(SsdBackwardShared &sh, const SsdChunk &
 // chunk c of every (sequence, head); c = nc - 1 (the first launch) starts dH and run at zero
 __global__ void __launch_bounds__(SSD_THREADS)
 ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs, const float *xbc,
-                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N, int c,
-                          float *scratch, size_t scratch_per_task) {
-    const int CL = SSD_CHUNK, nc = (T + CL - 1) / CL;
+                          const float *dt, const float *A_log, const float *Dskip, int T, int nh, int P, int N, int CL,
+                          int c, float *scratch, size_t scratch_per_task) {
+    const int nc = (T + CL - 1) / CL;
     __shared__ SsdBackwardShared sh;
     int bh = blockIdx.x, b = bh / nh, h = bh % nh, E = nh * P, Cc = E + 2 * N;
     SsdBlockWork w = ssd_block_work(scratch + (size_t)bh * scratch_per_task, P, N);
@@ -1397,7 +1399,7 @@ ssd_chunk_backward_kernel(float *dxbc, float *ddt, float *dlda, const float *dy,
 // b*nh .. b*nh + nh-1) added in head order. One thread per (sequence, step, j),
 // j < N for dB[j], else dC[j - N] (dxbc's columns E + j).
 __global__ void ssd_bc_sum_kernel(float *dxbc, float *scratch, size_t scratch_per_task, int B, int T, int nh, int P, int N,
-                                  int c, int len) {
+                                  int CL, int c, int len) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per_seq = (size_t)len * 2 * N;
     if (i >= (size_t)B * per_seq) return;
     int b = (int)(i / per_seq), t = (int)(i % per_seq / (2 * N)), j = (int)(i % (2 * N));
@@ -1405,7 +1407,7 @@ __global__ void ssd_bc_sum_kernel(float *dxbc, float *scratch, size_t scratch_pe
     const float *part = j < N ? w.dB + (size_t)t * N + j : w.dC + (size_t)t * N + (j - N);
     float sum = 0;
     for (int h = 0; h < nh; h++) sum += part[(size_t)h * scratch_per_task];
-    dxbc[((size_t)b * T + (size_t)c * SSD_CHUNK + t) * (nh * P + 2 * N) + nh * P + j] += sum;
+    dxbc[((size_t)b * T + (size_t)c * CL + t) * (nh * P + 2 * N) + nh * P + j] += sum;
 }
 static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                         const float *xbc, const float *dt, const float *A_log, const float *Dskip,
@@ -1413,14 +1415,14 @@ static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float
     if (scratch_per_task < ssd_block_work_floats(P, N))
         die("ssd_chunk_backward: %zu floats of work space per block, the kernel needs %zu", scratch_per_task,
             ssd_block_work_floats(P, N));
-    const int C = SSD_CHUNK, nc = (T + C - 1) / C;
+    const int CL = ssd_chunk_len(N), nc = (T + CL - 1) / CL;
     for (int c = nc - 1; c >= 0; c--) {
-        int len = std::min(C, T - c * C);
-        ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N, c,
-                                                           scratch, scratch_per_task);
+        int len = std::min(CL, T - c * CL);
+        ssd_chunk_backward_kernel<<<B * nh, SSD_THREADS>>>(dxbc, ddt, dlda, dy, hs, xbc, dt, A_log, Dskip, T, nh, P, N, CL,
+                                                           c, scratch, scratch_per_task);
         launchCheck();
         size_t n = (size_t)B * len * 2 * N;
-        ssd_bc_sum_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dxbc, scratch, scratch_per_task, B, T, nh, P, N, c, len);
+        ssd_bc_sum_kernel<<<blocks_for(n, BLOCK), BLOCK>>>(dxbc, scratch, scratch_per_task, B, T, nh, P, N, CL, c, len);
         launchCheck();
     }
 }

@@ -1151,7 +1151,7 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 }
 
 // ----------------------------------------------------------------------------
-// Mamba2 SSD, chunked form (state space duality). In a chunk of CL = SSD_CHUNK
+// Mamba2 SSD, chunked form (state space duality). In a chunk of CL = ssd_chunk_len(N)
 // steps let c_t = dt_t0 A + .. + dt_t A (cumulative log decay, a scalar per
 // head), v_s = dt_s x_s and L_ts = e^{c_t - c_s} for s <= t (0 above the
 // diagonal: the causal mask with decay). Then, with ⟨x, y⟩ a dot product:
@@ -1185,7 +1185,7 @@ struct SsdWork {
     size_t floats;
 };
 static SsdWork ssd_work(float *ws, int nh, int P, int N) {
-    const size_t CL = SSD_CHUNK, E = (size_t)nh * P;
+    const size_t CL = SSD_CHUNK, E = (size_t)nh * P;  // room for the longest chunk
     SsdWork w;
     size_t off = 0;
     auto take = [&](float **slot, size_t n) { *slot = ws ? ws + off : nullptr; off += n; };
@@ -1223,7 +1223,7 @@ static float ssd_chunk_decay(float *dts, float *cum, const float *dt, size_t row
 // memory: the two measured 3-4% faster than the three, same bits.)
 static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                               int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
-    const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
+    const int CL = ssd_chunk_len(N), nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
     auto state = [&](int b, int h, int c) { return hs + (((size_t)b * nh + h) * (nc + 1) + c) * P * N; };
     #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -1308,7 +1308,7 @@ static void ssd_chunk_forward(float *y, float *hs, const float *xbc, const float
 static void ssd_chunk_backward(float *dxbc, float *ddt, float *dlda, const float *dy, const float *hs,
                                const float *xbc, const float *dt, const float *A_log, const float *Dskip,
                                int B, int T, int nh, int P, int N, float *scratch, size_t scratch_per_task) {
-    const int CL = SSD_CHUNK, nc = n_chunks(T, CL);
+    const int CL = ssd_chunk_len(N), nc = n_chunks(T, CL);
     int E = nh * P, Cc = E + 2 * N;
     #pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++) {

@@ -395,7 +395,7 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
     INFO("SSD scans B " << B << " T " << T << " nh " << nh << " P " << P << " N " << N);
     Rng r = {seed};
     Arrays A;
-    int E = nh * P, Cc = E + 2 * N, nc = n_chunks(T, SSD_CHUNK);
+    int E = nh * P, Cc = E + 2 * N, nc = n_chunks(T, ssd_chunk_len(N));
     size_t BT = (size_t)B * T, X = (size_t)P * N;
     Config c = {};
     c.family = FAMILY_MAMBA2; c.n_layer = 1; c.d_inner = E; c.headdim = P; c.d_conv = 4; c.d_state[0] = N;
@@ -450,11 +450,12 @@ static void check_ssd_scans(int B, int T, int nh, int P, int N, uint64_t seed) {
 
 TEST_CASE("gpu: ops (Mamba2 SSD scans)" * doctest::skip(gpu_skip())) {
     NEED_GPU();
-    check_ssd_scans(2, 70, 3, 20, 40, 1);   // two chunks, the last short
+    check_ssd_scans(2, 70, 3, 20, 40, 1);   // two chunks of 64, the last short
     check_ssd_scans(1, 130, 2, 70, 17, 2);  // P past one 64-channel tile
     check_ssd_scans(2, 5, 1, 8, 3, 3);      // shorter than a chunk
     check_ssd_scans(1, 70, 1, 130, 100, 4); // three channel tiles, N past the warp width
-    check_ssd_scans(2, 70, 70, 4, 8, 5);    // 140 blocks: more than an H200 has SMs (132); 70 heads share B, C
+    check_ssd_scans(2, 70, 70, 4, 8, 5);    // 140 blocks: more than an H200 has SMs (132); 70 heads share B, C;
+                                            // N <= 16: three chunks of 32 (ssd_chunk_len), the last short
 }
 
 // The short subset that make gpu-check runs under compute-sanitizer (each tool
@@ -462,7 +463,7 @@ TEST_CASE("gpu: ops (Mamba2 SSD scans)" * doctest::skip(gpu_skip())) {
 TEST_CASE("gpu: ops (small scans, the compute-sanitizer subset)" * doctest::skip(gpu_skip())) {
     NEED_GPU();
     check_gla_scans(2, 20, 2, 40, 16, 7);   // two chunks, the last short; two key tiles
-    check_ssd_scans(2, 70, 3, 8, 5, 8);     // two chunks, the last short; three heads share B, C
+    check_ssd_scans(2, 70, 3, 8, 5, 8);     // three chunks of 32, the last short; three heads share B, C
 }
 
 // ----------------------------------------------------------------------------

@@ -435,7 +435,7 @@ static SsdResult ssd_run(SsdCase &s, bool chunked) {
     Vec ws = scan_scratch(c), dlda((size_t)B * T * nh);
     SsdResult res{Vec((size_t)B * T * E), Vec(s.xbc.size()), Vec(s.dt.size()), Vec(nh), Vec(nh)};
     if (chunked) {
-        Vec hs((size_t)B * nh * (n_chunks(T, SSD_CHUNK) + 1) * P * N);
+        Vec hs((size_t)B * nh * (n_chunks(T, ssd_chunk_len(N)) + 1) * P * N);
         cpu::ops.ssd_chunk_forward(res.y.data(), hs.data(), s.xbc.data(), s.dt.data(), s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
         cpu::ops.ssd_chunk_backward(res.dxbc.data(), res.ddt.data(), dlda.data(), s.dy.data(), hs.data(), s.xbc.data(), s.dt.data(),
                                 s.A_log.data(), s.Dskip.data(), B, T, nh, P, N, ws.data(), per_thread(c));
@@ -451,20 +451,21 @@ static SsdResult ssd_run(SsdCase &s, bool chunked) {
 }
 
 TEST_CASE("Mamba2 SSD: recurrent form == chunked form, outputs and gradients") {
-    const int C = SSD_CHUNK;
-    for (int T : {1, C - 1, C, C + 1, 2 * C + 7}) {
-        for (int strong = 0; strong < 2; strong++) {
-            // strong decay: dt*A down to about -80 per step
-            SsdCase s = ssd_case(2, T, 3, 4, 5, strong ? 5.0f : 0.3f, 20 + T);
-            SsdResult rec = ssd_run(s, false), chk = ssd_run(s, true);
-            CAPTURE(T); CAPTURE(strong);
-            CHECK(all_finite(chk.y)); CHECK(all_finite(chk.ddt));
-            CHECK(rel_err(chk.y.data(), rec.y.data(), rec.y.size()) < 1e-5);
-            CHECK(rel_err(chk.dxbc.data(), rec.dxbc.data(), rec.dxbc.size()) < 1e-4);
-            CHECK(rel_err(chk.ddt.data(), rec.ddt.data(), rec.ddt.size()) < 1e-4);
-            CHECK(rel_err(chk.dA_log.data(), rec.dA_log.data(), rec.dA_log.size()) < 1e-3);
-            CHECK(rel_err(chk.dD.data(), rec.dD.data(), rec.dD.size()) < 1e-4);
-        }
+    for (int N : {5, 20}) {  // a small state takes shorter chunks (ssd_chunk_len): both lengths
+        const int C = ssd_chunk_len(N);
+        for (int T : {1, C - 1, C, C + 1, 2 * C + 7})
+            for (int strong = 0; strong < 2; strong++) {
+                // strong decay: dt*A down to about -80 per step
+                SsdCase s = ssd_case(2, T, 3, 4, N, strong ? 5.0f : 0.3f, 20 + T);
+                SsdResult rec = ssd_run(s, false), chk = ssd_run(s, true);
+                CAPTURE(N); CAPTURE(T); CAPTURE(strong);
+                CHECK(all_finite(chk.y)); CHECK(all_finite(chk.ddt));
+                CHECK(rel_err(chk.y.data(), rec.y.data(), rec.y.size()) < 1e-5);
+                CHECK(rel_err(chk.dxbc.data(), rec.dxbc.data(), rec.dxbc.size()) < 1e-4);
+                CHECK(rel_err(chk.ddt.data(), rec.ddt.data(), rec.ddt.size()) < 1e-4);
+                CHECK(rel_err(chk.dA_log.data(), rec.dA_log.data(), rec.dA_log.size()) < 1e-3);
+                CHECK(rel_err(chk.dD.data(), rec.dD.data(), rec.dD.size()) < 1e-4);
+            }
     }
 }
 
