@@ -456,6 +456,7 @@ TEST_CASE("gpu: ops (Mamba2 SSD scans)" * doctest::skip(gpu_skip())) {
     check_ssd_scans(1, 70, 1, 130, 100, 4); // three channel tiles, N past the warp width
     check_ssd_scans(2, 70, 70, 4, 8, 5);    // 140 blocks: more than an H200 has SMs (132); 70 heads share B, C;
                                             // N <= 16: three chunks of 32 (ssd_chunk_len), the last short
+    check_ssd_scans(1, 70, 2, 70, 12, 6);   // chunks of 32 with P past one 64-channel tile
 }
 
 // The short subset that make gpu-check runs under compute-sanitizer (each tool
