@@ -290,10 +290,12 @@ inline size_t num_params_of(const Config *c) {
 // Chunk lengths of the chunked (parallel) forms. Any T works; the last chunk
 // may be short. GLA decays per key channel, so its intra-chunk scores need one
 // exp per (t, s, channel): short chunks keep that cheap. Mamba2 decays per head,
-// so longer chunks pay off, as long as the state is not small: a chunk's
-// quadratic part costs about CL^2 (N + nh P) multiply-adds against CL nh P N
-// for its state terms, so a small N wants a shorter chunk. SSD_CHUNK is the
-// longest (the work spaces are sized by it); ssd_chunk_len picks a layer's.
+// so longer chunks pay off, as long as the state is not small: per token, the
+// chunk's quadratic part costs about CL (N + nh P) multiply-adds and its
+// state terms 2 nh P N whatever CL is, so with a small N the quadratic part
+// dominates and a shorter chunk cuts it (for more chunk states to pass on).
+// SSD_CHUNK is the longest (the work spaces are sized by it); ssd_chunk_len
+// picks a layer's.
 // The main job's layers (N 16, P 48) trained 8-10% faster a step with chunks
 // of 32 than of 64 (and of 16: no faster than 64); at N 32 the two were even,
 // at N 64 (mamba2-small) 32 was 1-4% slower (Zen 4, 2 threads, alternating runs).
