@@ -431,10 +431,10 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
 // A group of matmuls that read the same input (model.h, MatmulGroup):
 // out_i = inp W_i^T, each computed exactly as matmul_forward computes it, all
 // in one parallel loop over the members' tasks (matvec_block's blocks of rows
-// of W_i when decoding, blocks of rows of inp otherwise). Waking the threads costs a few microseconds, as much
-// as a decode step's small matrix-vector product, so a layer's five
-// projections pay it once rather than five times. Its backward is the
-// members' matmul_backward.
+// of W_i when decoding, blocks of rows of inp otherwise). Waking the threads
+// costs a few microseconds, as much as a decode step's small matrix-vector
+// product, so a layer's five projections pay it once rather than five times.
+// Its backward is the members' matmul_backward.
 static void matmul_group_forward(const MatmulGroup *g, const float *inp, int N, int C) {
     bool decode = N <= MATVEC_ROWS;
     int per[MATMUL_GROUP_MAX], tasks = 0;
