@@ -1501,6 +1501,9 @@ static void gated_rmsnorm_backward(float *dy, float *dz, int dz_stride, float *d
 // cross-entropy over positions whose target is not -1:
 //     loss = mean over those rows of (logsumexp(logits) - logits[target])
 // backward: dlogits += dloss * (softmax(logits) - onehot(target))
+// A row's sum of exponentials is in float, as in the backward (each term is at
+// most 1, so nothing is lost); in double, one scalar exp at a time, the forward
+// took 1.7% of the main job's step.
 
 static float crossentropy_forward(float *losses, int *n_valid, const float *logits, const int *targets, int BT, int V) {
     #pragma omp parallel for
@@ -1510,9 +1513,8 @@ static float crossentropy_forward(float *losses, int *n_valid, const float *logi
         const float *l = logits + (size_t)r * V;
         float mx = l[0];
         for (int i = 1; i < V; i++) mx = std::max(mx, l[i]);
-        double s = 0;
-        for (int i = 0; i < V; i++) s += exp((double)(l[i] - mx));
-        losses[r] = (float)(log(s) + mx - l[targets[r]]);
+        float s = sum_of(V, [&](int i) { return exp_fast(l[i] - mx); });
+        losses[r] = logf(s) + mx - l[targets[r]];
     }
     double sum = 0;  // serial: the same sum every run
     int count = 0;
