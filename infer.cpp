@@ -81,7 +81,7 @@ static void parse_args(int argc, char **argv, InferOptions *o) {
         else die("unknown flag '%s' (see ./infer --help)", a.c_str());
     }
     if (o->eval_scale <= 0 || o->eval_scale > 100) die("--eval-scale must be in (0, 100]");
-    // the shortest prompt holds the key sentence and the question, 73 bytes
+    // the shortest prompt holds the key sentence and the question, 74 bytes
     if (o->passkey_min < 80) die("--passkey-min %d: a passkey prompt needs at least 80 bytes", o->passkey_min);
     if (o->passkey_max < o->passkey_min) die("--passkey-max %d is below --passkey-min %d", o->passkey_max, o->passkey_min);
     if (o->mqar_gap < 0 || o->mqar_gap > 4096) die("--mqar-gap must be in 0..4096");

@@ -708,7 +708,7 @@ inline std::string write_debug_state(const std::string &path, const DebugState *
 }
 
 // Optimizer state, PATH.opt (README.md "File formats"): int32 magic, version 1,
-// step, n_flags; uint64 num_params, params hash; the run's flags ('\n'-
+// step, flags length in bytes; uint64 num_params, params hash; the run's flags ('\n'-
 // separated, length-prefixed); float32 m, v; int32 n_history then (step, train
 // loss, val bits/byte) float32 triples, one per step trained.
 #define OPT_MAGIC 20250928
@@ -836,7 +836,7 @@ struct AdamWConfig {
 
 // One model on one device. For DEVICE_CUDA, params, grads, adam_m, adam_v and
 // the activations are device pointers (same layouts); `gpu` holds the rest
-// (cuBLAS handle, device copies of the tokens).
+// (device copies of the last forward's tokens, the gradient norm's partial sums).
 struct Model {
     Config config;
     int device;

@@ -17,8 +17,9 @@
 //     32 columns and adds each column in a fixed order (no atomics);
 //   - matmuls: cuBLAS in FP32 (TF32 tensor cores only with STATEX_TF32=1);
 //   - chunked scans: one thread block per (sequence, head), walking the chunks
-//     in order (backward: in reverse), the chunk's tiles in shared memory and
-//     only the kept chunk states (and a per-block work space) in global memory.
+//     in order (backward: in reverse; Mamba2's backward is one launch per
+//     chunk, in reverse), the chunk's tiles in shared memory and only the kept
+//     chunk states (and a per-block work space) in global memory.
 // Training is deterministic: every sum on the training path adds in a fixed
 // order, so two runs from the same start give the same bits (and --resume is
 // exact, as on the CPU). The embedding gradient adds each row's tokens in token
@@ -903,7 +904,7 @@ __global__ void conv1d_silu_forward_kernel(float *out, float *pre, const float *
     pre[i] = acc;
     out[i] = silu(acc);
 }
-// one thread per (sequence, channel): ascending i reads slot T+i >= i, so in place is safe
+// one thread per (sequence, channel): ascending s reads slot T+s >= s, so in place is safe
 __global__ void conv_state_update_kernel(float *conv_state, const float *in, int in_stride, int B, int T, int Cc, int W) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)B * Cc) return;
@@ -1105,8 +1106,8 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 // One block of SSD_THREADS threads per (sequence, head), chunks in order. The
 // chunk's cumulative decay and dt sit in shared memory; the score matrix too,
 // SSD_CHUNK x SSD_CHUNK (a shorter chunk fills part of it, as the last chunk
-// of a sequence may), computed like every "sum over n" or "sum over p" product
-// of a chunk by tile_xyt: 64 x 64 outputs, the operands streamed through
+// of a sequence may), computed like the chunk's other 64 x 64 products by
+// tile_xyt: 64 x 64 outputs, the operands streamed through
 // shared memory in slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
 // backward) give each thread one (p, n): the reads are coalesced along n.
 

@@ -351,7 +351,7 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
 //
 // The threads split the work themselves, in fixed blocks: MM_ROWS rows of the
-// output (or of dW), each block one Eigen GEMM that runs on its own thread
+// output (for dW, even_block's blocks of at most MM_ROWS rows), each block one Eigen GEMM that runs on its own thread
 // (Eigen does not parallelise a product inside a parallel region). Eigen's own
 // parallel GEMM makes its threads wait for each other after every slice of the
 // inner dimension; on a busy machine those waits cost more than the arithmetic.
@@ -1783,7 +1783,7 @@ void model_backward(Model *m) {
 // conv weights and conv bias) grow from N to e*N rows; z, x, dt rows and the
 // x conv channels are kept.
 //   reinit: all e*N rows of B and C drawn afresh, dt_bias and A_log re-drawn,
-//           mixer.norm ones; D and the block's norm kept.
+//           mixer.norm ones; D, the block's norm and out_proj kept.
 //   copy:   the old block repeated e times.
 //   zero:   the old block, then zeros. The function is unchanged, but the new
 //           rows never learn: a new state row n only reaches the output through

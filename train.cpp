@@ -72,7 +72,8 @@ static void usage() {
         "  --weight-decay X  --grad-clip X  --seed N  --device cpu|cuda\n"
         "  --eval-every N  --eval-rows N  --save-every N  --stop-at N (stop after step N, as if interrupted)\n"
         "  --out PATH           checkpoint (default out/model.bin)\n"
-        "  --log-every N        a progress line every N steps when not on a terminal (default 50; 0 = evaluations only)\n"
+        "  --log-every N        a progress line every N steps when not on a terminal (default 50; 0 = evaluations,\n"
+        "                       the first and the last step)\n"
         "  --sample-chars N     at each evaluation print N bytes the model generates (default 64; 0 = none)\n"
         "  --quiet              only the evaluation lines, no samples\n"
         "StateX:\n"
@@ -84,8 +85,9 @@ static void usage() {
         "other:\n"
         "  --debug-state IN --dump-state OUT   one forward/backward on --init MODEL with IN's tokens\n"
         "  --bench              training speed of --preset (default: gla-small and mamba2-small) at B 8, T 512;\n"
-        "                       with size flags, of that model; --batch, --seq-len set B, T\n"
-        "  --bench --profile    the same, with the share of step time of every op\n");
+        "                       with size flags, of that model; --batch, --seq-len set B, T. With --device cuda\n"
+        "                       the default adds gla-1.3b and mamba2-1.3b, and a model of d_model >= 2048 runs at B 1, T 2048\n"
+        "  --bench --profile    the same, with the share of step time of every op (CPU)\n");
 }
 
 static void parse_args(const std::vector<std::string> &args, Options *o) {
@@ -246,7 +248,7 @@ static int run_debug_state(const Options *o) {
 }
 
 // ----------------------------------------------------------------------------
-// --bench: training throughput at B 8, T 512
+// --bench: training throughput at B 8, T 512 (on a GPU, models of d_model >= 2048 at B 1, T 2048)
 
 static int run_bench(const Options *o) {
     std::vector<std::string> names;

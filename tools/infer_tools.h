@@ -124,7 +124,8 @@ static int run_bench(const InferOptions *o) {
                o->device.c_str(), pre, dec[0]);
     }
     if (o->device == "cpu")
-        printf("  medians of 8 rounds of 256 decode steps at B 1, each round followed by a 0.05 s bandwidth timing\n");
+        printf("  medians of 8 rounds of 256 decode steps at B 1, each round followed by two 0.05 s bandwidth timings"
+               " (all threads, one thread)\n");
     return 0;
 }
 
@@ -451,7 +452,6 @@ static std::string summarize_gap_table(FamilyMetrics *fm) {
                 "every nonzero difference counts as resolved).\n";
 }
 
-// One row per run, bits/byte and MQAR: what the means and sds summarize.
 // The paper's comparison, seed by seed: each StateX arm minus LPT, both
 // post-trained from the same base (a) of that seed. A difference that has one
 // sign in every seed is the evidence the means alone do not give.
@@ -480,6 +480,7 @@ static std::string summarize_paired_table(FamilyMetrics *fm) {
                 "LPT (for bits/byte, lower is better).\n";
 }
 
+// One row per run, bits/byte and MQAR: what the means and sds summarize.
 static std::string summarize_seed_table(FamilyMetrics *fm) {
     std::vector<std::string> cols = {"validation bits/byte"};
     std::string head = "| kind | seed | bits/byte |";
