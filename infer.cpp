@@ -175,16 +175,27 @@ static void print_byte(int b) {
     else printf("<%02x>", b);
 }
 
+// A prompt file (--prompt-file, --prompts) of at most --max-prompt bytes, or
+// an error naming the flag and the cause. The size is checked before a byte
+// is read: no /dev/zero, no huge file.
+static std::vector<char> read_prompt_file(const char *flag, const std::string &path, int max_prompt) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > max_prompt)
+        die("%s %s: %lld bytes, more than --max-prompt %d allows", flag, path.c_str(), (long long)st.st_size, max_prompt);
+    std::vector<char> b;
+    std::string e = read_file(path, &b, (size_t)max_prompt);
+    if (!e.empty()) die("%s: %s", flag, e.c_str());
+    return b;
+}
+
 static int run_generate(const InferOptions *o) {
     if (o->model.empty()) die("--model PATH is needed (see ./infer --help)");
     Config c;
     float *params;
-    read_model_or_die(o->model, &c, &params);
-    std::string e, prompt = o->prompt;
+    read_model_or_die("--model", o->model, &c, &params);
+    std::string prompt = o->prompt;
     if (!o->prompt_file.empty()) {
-        std::vector<char> b;
-        e = read_file(o->prompt_file, &b, (size_t)o->max_prompt);  // a size check before reading: no /dev/zero, no huge file
-        if (!e.empty()) die("--prompt-file (at most --max-prompt %d bytes): %s", o->max_prompt, e.c_str());
+        std::vector<char> b = read_prompt_file("--prompt-file", o->prompt_file, o->max_prompt);
         prompt.assign(b.begin(), b.end());
     }
     if ((int64_t)prompt.size() > o->max_prompt)
@@ -220,15 +231,14 @@ static int run_generate(const InferOptions *o) {
 // --seed + b. The rows are printed when all are done.
 static int run_generate_batch(const InferOptions *o) {
     if (o->model.empty()) die("--model PATH is needed (see ./infer --help)");
-    std::vector<char> b;
-    std::string e = read_file(o->prompts_file, &b, (size_t)o->max_prompt);
-    if (!e.empty()) die("--prompts (at most --max-prompt %d bytes): %s", o->max_prompt, e.c_str());
+    std::vector<char> b = read_prompt_file("--prompts", o->prompts_file, o->max_prompt);
     std::vector<std::vector<int>> prompts;
     std::string text(b.begin(), b.end());
     for (size_t p = 0, q; p < text.size(); p = q + 1) {
         q = text.find('\n', p);
         if (q == std::string::npos) q = text.size();
-        std::vector<int> row(text.begin() + p, text.begin() + q);
+        size_t end = q > p && text[q - 1] == '\r' ? q - 1 : q;  // a line ending in \r\n (a file written on Windows)
+        std::vector<int> row(text.begin() + p, text.begin() + end);
         for (int &t : row) t = (uint8_t)t;
         if (row.empty()) row.push_back('\n');
         prompts.push_back(row);
@@ -237,7 +247,7 @@ static int run_generate_batch(const InferOptions *o) {
     if (B < 1 || B > 256) die("--prompts: %s has %d lines; 1 to 256 prompts, one per line", o->prompts_file.c_str(), B);
     Config c;
     float *params;
-    read_model_or_die(o->model, &c, &params);
+    read_model_or_die("--model", o->model, &c, &params);
     Generator g;
     gen_open(&g, &c, params, o->device, B);
     size_t common = prompts[0].size(), longest = 0;

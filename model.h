@@ -647,10 +647,11 @@ inline std::string write_model_file(const std::string &path, const Config *c, co
     return write_file_atomic(path, {{h, sizeof h}, {params, 4 * num_params_of(c)}});
 }
 
-// For the command-line tools: the model file, or an error naming the problem.
-inline void read_model_or_die(const std::string &path, Config *c, float **params) {
+// For the command-line tools: the model file, or an error naming the flag that
+// gave it and the problem.
+inline void read_model_or_die(const char *flag, const std::string &path, Config *c, float **params) {
     std::string e = read_model_file(path, c, params);
-    if (!e.empty()) die("%s", e.c_str());
+    if (!e.empty()) die("%s: %s", flag, e.c_str());
 }
 
 // Debug state (README, "File formats"): inputs, targets, logits, loss, gradients.

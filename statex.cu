@@ -1610,7 +1610,12 @@ bool available(std::string *why) {
     int n = 0;
     cudaError_t err = cudaGetDeviceCount(&n);
     cudaDeviceProp prop;
-    if (err != cudaSuccess) reason = strf("no CUDA device: cudaGetDeviceCount: %s", cudaGetErrorString(err));
+    bool driver = access("/proc/driver/nvidia/version", F_OK) == 0;  // the kernel driver is loaded
+    if (err == cudaErrorInsufficientDriver && !driver) reason = "no CUDA device: no NVIDIA driver is loaded";
+    else if (err == cudaErrorInsufficientDriver)
+        reason = strf("no CUDA device: the NVIDIA driver is older than this CUDA %d.%d runtime needs",
+                      CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
+    else if (err != cudaSuccess) reason = strf("no CUDA device: cudaGetDeviceCount: %s", cudaGetErrorString(err));
     else if (n == 0) reason = "no CUDA device: cudaGetDeviceCount found none";
     else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
         reason = strf("cannot query CUDA device 0: %s", cudaGetErrorString(err));

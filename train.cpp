@@ -42,13 +42,25 @@ struct Options {
     // StateX
     std::string expand_mode;
     int expand_every = 0, expand_factor = 4;
-    bool train_only_expanded = false;
+    bool expand_factor_given = false, train_only_expanded = false;
+    int heads_values = 0, d_state_values = 0;  // how many per-layer values --heads and --d-state gave
     float expanded_lr_scale = 1.0f;
     // other jobs
     std::string debug_state, dump_state;
     bool bench = false, profile = false;
     std::vector<std::string> run_flags;  // the flags that define a run, stored for --resume
 };
+
+// The flags that fix a model's sizes: a run that takes its model from a file
+// (--init, --resume) refuses them.
+static const char *SIZE_FLAGS[] = {"--preset", "--family", "--d-model", "--n-layer", "--untied", "--key-dim", "--value-dim",
+                                   "--heads", "--gate-rank", "--mlp-hidden", "--d-inner", "--headdim", "--d-state", "--d-conv"};
+static const char *first_size_flag(const std::vector<std::string> &args) {
+    for (const std::string &a : args)
+        for (const char *f : SIZE_FLAGS)
+            if (a == f) return f;
+    return "--preset";
+}
 
 static void usage() {
     printf(
@@ -68,9 +80,10 @@ static void usage() {
         "  --passkey-share F    of those, the passkey share (default 0; the rest MQAR)\n"
         "  --mqar-min N --mqar-max N --mqar-gap N   MQAR pairs and filler gap (4, 32, 0)\n"
         "training:\n"
-        "  --steps N  --batch B  --seq-len T  --lr X  --min-lr-frac X (of lr, cosine end)  --warmup N\n"
-        "  --weight-decay X  --grad-clip X  --seed N  --device cpu|cuda\n"
-        "  --eval-every N  --eval-rows N  --save-every N  --stop-at N (stop after step N, as if interrupted)\n"
+        "  --steps N (1200; with --expand 0: expand only)  --batch B (8)  --seq-len T (256)  --seed N (1)\n"
+        "  --lr X (2e-3, the peak)  --warmup N (100 steps up to it)  --min-lr-frac X (0.1: of lr, the cosine's end)\n"
+        "  --weight-decay X (0.1)  --grad-clip X (1; 0 = none)  --device cpu|cuda (cpu)\n"
+        "  --eval-every N (100)  --eval-rows N (64)  --save-every N (200)  --stop-at N (stop after step N, as if interrupted)\n"
         "  --out PATH           checkpoint (default out/model.bin)\n"
         "  --log-every N        a progress line every N steps when not on a terminal (default 50; 0 = evaluations,\n"
         "                       the first and the last step)\n"
@@ -78,7 +91,7 @@ static void usage() {
         "  --quiet              only the evaluation lines, no samples\n"
         "StateX:\n"
         "  --expand MODE        GLA: reinit|merge; Mamba2: reinit|copy|zero|grow (needs --init)\n"
-        "  --expand-every K     expand layers 0, K, 2K, ...   --expand-factor E  (Mamba2, default 4)\n"
+        "  --expand-every K     expand layers 0, K, 2K, ... (needed with --expand)   --expand-factor E  (Mamba2, default 4)\n"
         "  --train-only-expanded   post-train only the expanded layers' token mixing\n"
         "  --expanded-lr-scale X   their learning rate is X times --lr\n"
         "  Without --steps, --expand only writes the expanded model to --out.\n"
@@ -108,16 +121,17 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         bool run_flag = true;
         // "N" sets every layer; "N0,N1,..." sets layer by layer (the last value
         // repeats), so a from-scratch model can have StateX's per-layer shape
-        auto per_layer = [&](const std::string &flag, int *layers) {
+        auto per_layer = [&](const std::string &flag, int *layers) {  // returns how many values were given
             std::string v = val();
             size_t at = 0;
             for (int l = 0; l < MAX_LAYER; l++) {
                 size_t comma = v.find(',', at);
                 layers[l] = to_int(flag, v.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-                if (comma == std::string::npos) { for (int k = l + 1; k < MAX_LAYER; k++) layers[k] = layers[l]; break; }
+                if (comma == std::string::npos) { for (int k = l + 1; k < MAX_LAYER; k++) layers[k] = layers[l]; return l + 1; }
                 at = comma + 1;
                 if (l == MAX_LAYER - 1) die("%s: more than %d layers in '%s'", flag.c_str(), MAX_LAYER, v.c_str());
             }
+            return MAX_LAYER;
         };
         if (a == "--help" || a == "-h") { usage(); exit(0); }
         else if (a == "--preset") val();  // done above
@@ -132,12 +146,12 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         else if (a == "--untied") { c->tied = 0; o->config_given = true; }
         else if (a == "--key-dim") { c->key_dim = to_int(a, val()); o->config_given = true; }
         else if (a == "--value-dim") { c->value_dim = to_int(a, val()); o->config_given = true; }
-        else if (a == "--heads") { per_layer(a, c->n_head); o->config_given = true; }
+        else if (a == "--heads") { o->heads_values = per_layer(a, c->n_head); o->config_given = true; }
         else if (a == "--gate-rank") { c->gate_rank = to_int(a, val()); o->config_given = true; }
         else if (a == "--mlp-hidden") { c->mlp_hidden = to_int(a, val()); o->config_given = true; }
         else if (a == "--d-inner") { c->d_inner = to_int(a, val()); o->config_given = true; }
         else if (a == "--headdim") { c->headdim = to_int(a, val()); o->config_given = true; }
-        else if (a == "--d-state") { per_layer(a, c->d_state); o->config_given = true; }
+        else if (a == "--d-state") { o->d_state_values = per_layer(a, c->d_state); o->config_given = true; }
         else if (a == "--d-conv") { c->d_conv = to_int(a, val()); o->config_given = true; }
         else if (a == "--init") o->init = val();
         else if (a == "--data") o->data = val();
@@ -164,7 +178,7 @@ static void parse_args(const std::vector<std::string> &args, Options *o) {
         else if (a == "--save-every") o->save_every = to_int(a, val());
         else if (a == "--expand") o->expand_mode = val();
         else if (a == "--expand-every") o->expand_every = to_int(a, val());
-        else if (a == "--expand-factor") o->expand_factor = to_int(a, val());
+        else if (a == "--expand-factor") { o->expand_factor = to_int(a, val()); o->expand_factor_given = true; }
         else if (a == "--train-only-expanded") o->train_only_expanded = true;
         else if (a == "--expanded-lr-scale") o->expanded_lr_scale = to_float(a, val());
         else {
@@ -210,6 +224,11 @@ static void check_options(const Options *o) {
     if (o->stop_at < 0) die("--stop-at %d must be >= 0 (0 = do not stop early)", o->stop_at);
     if (o->expand_every < 0) die("--expand-every %d must be >= 0", o->expand_every);
     if (o->expand_every > 0 && o->expand_mode.empty()) die("--expand-every needs --expand MODE (it says which layers to expand)");
+    if (o->expand_factor_given && o->expand_mode.empty()) die("--expand-factor needs --expand MODE (Mamba2's modes grow N by it)");
+    if (o->expanded_lr_scale != 1.0f && o->expand_every == 0) die("--expanded-lr-scale needs --expand-every K (which layers)");
+    for (auto [flag, given] : {std::pair<const char *, int>{"--heads", o->heads_values}, {"--d-state", o->d_state_values}})
+        if (given > o->config.n_layer)
+            die("%s: %d values for a model of %d layers (one per layer, or fewer: the last repeats)", flag, given, o->config.n_layer);
     if (o->out.empty() || o->out.back() == '/') die("--out '%s' must name a file, e.g. DIR/model.bin", o->out.c_str());
     struct stat st;
     if (stat(o->out.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) die("--out %s is a directory or device, not a file: give DIR/model.bin", o->out.c_str());
@@ -222,7 +241,7 @@ static int run_debug_state(const Options *o) {
     if (o->init.empty() || o->dump_state.empty()) die("--debug-state needs --init MODEL and --dump-state OUT");
     Config c;
     float *params;
-    read_model_or_die(o->init, &c, &params);
+    read_model_or_die("--init", o->init, &c, &params);
     DebugState s;
     std::string e = read_debug_state(o->debug_state, &s);
     if (!e.empty()) die("%s", e.c_str());
@@ -572,14 +591,18 @@ static std::string last_good(const TrainRun *r) {
 static void load_start(const Options *o, Config *c, float **params, OptState *resume) {
     *params = nullptr;
     if (!o->resume.empty()) {
-        read_model_or_die(o->resume, c, params);
+        read_model_or_die("--resume", o->resume, c, params);
         std::string e = read_opt_file(o->resume + ".opt", *params, num_params_of(c), resume);
         if (!e.empty()) die("%s", e.c_str());
         printf("resuming %s at step %d\n", o->resume.c_str(), resume->step);
     } else if (!o->init.empty()) {
         if (o->config_given || !o->preset.empty())
-            die("--init takes the model's sizes from its file; drop --preset and the size flags");
-        read_model_or_die(o->init, c, params);
+            die("--init takes the model's sizes from its file; drop %s (and any other size flag)", first_size_flag(o->run_flags));
+        struct stat a, b;
+        if (stat(o->init.c_str(), &a) == 0 && stat(o->out.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            die("--out %s is the --init model itself: the run would overwrite what it starts from; give another --out",
+                o->out.c_str());
+        read_model_or_die("--init", o->init, c, params);
     } else {
         *c = o->config;
         std::string e = config_problem(c);
@@ -593,7 +616,9 @@ static void load_start(const Options *o, Config *c, float **params, OptState *re
 static bool expand_start(const Options *o, Config *c, float **params) {
     if (o->expand_mode.empty() || !o->resume.empty()) return false;
     if (o->init.empty()) die("--expand needs --init MODEL (the trained model to expand)");
-    if (o->expand_every == 0) die("--expand needs --expand-every K");
+    if (o->expand_every == 0) die("--expand needs --expand-every K (expand layers 0, K, 2K, ...)");
+    if (o->expand_factor_given && c->family == FAMILY_GLA)
+        die("--expand-factor is for Mamba2's modes; GLA's merge and reinit make one head of all, a factor of H");
     Config ce;
     float *pe;
     std::string e = cpu::expand_model(c, *params, o->expand_mode, o->expand_every, o->expand_factor, o->seed, &ce, &pe);
@@ -812,17 +837,21 @@ int main(int argc, char **argv) {
     parse_args(args, &o);
     if (!o.resume.empty()) {
         // what the checkpoint fixes cannot change when resuming
-        for (const std::string &a : args)
-            for (const char *f : {"--expand", "--expand-every", "--expand-factor", "--init", "--preset", "--family", "--d-model",
-                                  "--n-layer", "--untied", "--key-dim", "--value-dim", "--heads", "--gate-rank", "--mlp-hidden",
-                                  "--d-inner", "--headdim", "--d-state", "--d-conv"})
-                if (a == f) die("%s: not with --resume: the checkpoint's model is fixed (and already expanded, if its run expanded)", f);
+        for (const std::string &a : args) {
+            bool fixed = a == "--expand" || a == "--expand-every" || a == "--expand-factor" || a == "--init";
+            for (const char *f : SIZE_FLAGS) fixed |= a == f;
+            if (fixed) die("%s: not with --resume: the checkpoint's model is fixed (and already expanded, if its run expanded)", a.c_str());
+        }
         // the lock first: this run may finish the checkpoint's interrupted save
         if (lock_checkpoint(o.resume, "--resume", true)) recover_checkpoint(o.resume);
+        struct stat st;
+        if (stat((o.resume + ".opt").c_str(), &st) != 0 && errno == ENOENT && stat(o.resume.c_str(), &st) == 0)
+            die("--resume %s: there is no %s.opt beside it, so no run to continue (a model written by --expand alone has "
+                "none): start a run from it with --init", o.resume.c_str(), o.resume.c_str());
         // the stored flags of the run first, then this command line's on top
         Config c;
         float *p;
-        read_model_or_die(o.resume, &c, &p);
+        read_model_or_die("--resume", o.resume, &c, &p);
         OptState s;
         std::string e = read_opt_file(o.resume + ".opt", p, num_params_of(&c), &s);
         free(p);

@@ -166,7 +166,7 @@ TEST_CASE("bad input matrix: each bad flag or file gives one error line naming i
         {"./infer --model tests/refdata/gla_small.bin --eval --passkey-min 50", "--passkey-min 50: a passkey prompt needs"},
         {"./infer --model tests/refdata/gla_small.bin --eval --passkey-min 512 --passkey-max 256", "is below --passkey-min"},
         {"./infer --model tests/refdata/gla_small.bin --prompt-file " + d + "/fifo", "--prompt-file"},
-        {"./infer --model tests/refdata/gla_small.bin --prompt-file " + d + "/prompt.txt --max-prompt 200", "more than the 200"},
+        {"./infer --model tests/refdata/gla_small.bin --prompt-file " + d + "/prompt.txt --max-prompt 200", "more than --max-prompt 200 allows"},
         {"./infer --model tests/refdata/gla_small.bin --eval --val " + d + "/val4096.txt --mqar-gap 4096", "fewer than the 4097"},
         {"./infer --model tests/refdata/gla_small.bin --top-k -1", "--top-k must be >= 0"},
     };

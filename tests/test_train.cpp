@@ -183,9 +183,21 @@ TEST_CASE("bad input: a clear error, a non-zero exit, nothing overwritten") {
     refused("./train --init tests/refdata/mamba2_small.bin --expand merge --expand-every 1 --out " + keep, "not one of Mamba2's");
     refused("./train --init tests/refdata/gla_small.bin --expand copy --expand-every 1 --out " + keep, "not one of GLA's");
     refused("./train --init " + d + "/empty.txt --steps 1 --out " + keep, "truncated");
-    refused("./train --init tests/refdata/gla_small.bin --d-model 32 --steps 1 --out " + keep, "drop --preset and the size flags");
+    refused("./train --init tests/refdata/gla_small.bin --d-model 32 --steps 1 --out " + keep, "drop --d-model");
     refused("./infer --model tests/refdata/gla_small.bin --max-prompt 8 --prompt 'longer than eight'", "more than --max-prompt");
-    refused("./infer --model " + d + "/missing.bin", "cannot open");
+    refused("./infer --model " + d + "/missing.bin", "--model: cannot open");
+    // flags that would be ignored are refused instead
+    refused("./train --init tests/refdata/gla_small.bin --expand reinit --expand-every 1 --expand-factor 2 --out " + keep,
+            "--expand-factor is for Mamba2's modes");
+    refused(base + " --expand-factor 2", "--expand-factor needs --expand");
+    refused(base + " --expanded-lr-scale 3", "--expanded-lr-scale needs --expand-every");
+    refused(base + " --heads 1,2,4", "--heads: 3 values for a model of 2 layers");
+    refused("./train --init tests/refdata/gla_small.bin --expand reinit --out " + keep, "--expand needs --expand-every K");
+    // a run never overwrites the model it starts from; a model without .opt is not a run to resume
+    run("cp tests/refdata/gla_small.bin " + d + "/start.bin");
+    refused("./train --init " + d + "/start.bin --steps 1 --out " + d + "/start.bin", "is the --init model itself");
+    CHECK(file_bytes(d + "/start.bin") == file_bytes("tests/refdata/gla_small.bin"));
+    refused("./train --resume " + d + "/start.bin", "no " + d + "/start.bin.opt beside it");
     refused("./infer --model tests/refdata/gla_small.bin --temperature -1", "--temperature");
     run("rm -rf " + d);
 }
@@ -212,6 +224,18 @@ TEST_CASE("infer: sampling is reproducible by seed, and top-k 1 is greedy") {
     CHECK(s1 == s1again);  // the same seed, the same text
     CHECK(s1 != s2);       // 20 bytes drawn from the whole softmax: two seeds do not agree by chance
     CHECK(s1.rfind("Hi", 0) == 0);
+}
+
+TEST_CASE("infer: --prompts takes lines ending in \\r\\n as their text alone") {
+    std::string d = tmpdir(), unix_out, dos_out;
+    REQUIRE(write_file_atomic(d + "/unix.txt", {{"Hi\nA\n", 5}}).empty());
+    REQUIRE(write_file_atomic(d + "/dos.txt", {{"Hi\r\nA\r\n", 7}}).empty());
+    std::string cmd = "./infer --model tests/refdata/gla_small.bin --max-tokens 8 --temperature 0 --prompts ";
+    REQUIRE(run(cmd + d + "/unix.txt 2>/dev/null", &unix_out) == 0);
+    REQUIRE(run(cmd + d + "/dos.txt 2>/dev/null", &dos_out) == 0);
+    CHECK(dos_out == unix_out);
+    CHECK(dos_out.find("<0d>") == std::string::npos);
+    run("rm -rf " + d);
 }
 
 TEST_CASE("infer: batched generation (--prompts) gives each row what it gives alone") {

@@ -222,7 +222,7 @@ static int run_eval(const InferOptions *o) {
     if (o->model.empty()) die("--eval needs --model PATH");
     Config c;
     float *params;
-    read_model_or_die(o->model, &c, &params);
+    read_model_or_die("--model", o->model, &c, &params);
     Corpus val;
     // MQAR fillers start anywhere in the first size - gap bytes: at least one such place
     std::string e = load_corpus(o->val, std::max(4096, o->mqar_gap + 1), &val);
