@@ -709,9 +709,9 @@ inline std::string write_debug_state(const std::string &path, const DebugState *
 }
 
 // Optimizer state, PATH.opt (README.md "File formats"): int32 magic, version 1,
-// step, flags length in bytes; uint64 num_params, params hash; the run's flags ('\n'-
-// separated, length-prefixed); float32 m, v; int32 n_history then (step, train
-// loss, val bits/byte) float32 triples, one per step trained.
+// step, flags length in bytes; uint64 num_params, params hash; the run's flags
+// ('\n'-separated); float32 m, v; int32 n_history then (step, train loss, val
+// bits/byte) float32 triples, one per step trained.
 #define OPT_MAGIC 20250928
 
 struct History { std::vector<float> step, train_loss, val_bpb; };

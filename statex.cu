@@ -1107,8 +1107,8 @@ static void ssd_recurrent_backward(float *dxbc, float *ddt, float *dlda, const f
 // chunk's cumulative decay and dt sit in shared memory; the score matrix too,
 // SSD_CHUNK x SSD_CHUNK (a shorter chunk fills part of it, as the last chunk
 // of a sequence may), computed like the chunk's other 64 x 64 products by
-// tile_xyt: 64 x 64 outputs, the operands streamed through
-// shared memory in slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
+// tile_xyt: 64 x 64 outputs, the operands streamed through shared memory in
+// slices of 16. Products that sum over the chunk's steps (H_out, and dH in the
 // backward) give each thread one (p, n): the reads are coalesced along n.
 
 #define MM_K 16  // reduction slice of tile_xyt

@@ -351,9 +351,9 @@ static void rmsnorm_backward(float *dinp, float *dw, const float *dout, const fl
 // backward: dinp += dout W,  dW += dout^T inp,  dbias += column sums of dout
 //
 // The threads split the work themselves, in fixed blocks: MM_ROWS rows of the
-// output (for dW, even_block's blocks of at most MM_ROWS rows), each block one Eigen GEMM that runs on its own thread
-// (Eigen does not parallelise a product inside a parallel region). Eigen's own
-// parallel GEMM makes its threads wait for each other after every slice of the
+// output (for dW, even_block's blocks of at most MM_ROWS rows), each block one
+// Eigen GEMM that runs on its own thread (Eigen does not parallelise a product
+// inside a parallel region). Eigen's own parallel GEMM makes its threads wait for each other after every slice of the
 // inner dimension; on a busy machine those waits cost more than the arithmetic.
 // A block's sums run in an order fixed by its size alone, whichever thread
 // takes it, so the results do not depend on the schedule.
