@@ -322,7 +322,7 @@ TEST_CASE("kill -9 at random moments, mid-save included: every pair left resumes
     int rc = run("sh tests/kill_test.sh 3 " + std::to_string(getpid() % 1000) + " /tmp/statex_kill_" + std::to_string(getpid()), &out);
     CAPTURE(out);
     CHECK(rc == 0);
-    CHECK(out.find("kill test: 3 kills") != std::string::npos);
+    CHECK(out.find("kill test: 3 kills, 3 resumable pairs checked") != std::string::npos);
 }
 
 // ----------------------------------------------------------------------------
