@@ -146,8 +146,23 @@ TEST_CASE("statex: reinit redraws the chosen layers' token mixing, keeps everyth
                     CHECK(memcmp(a, b, 4 * (size_t)E * c.d_conv) == 0);
                     CHECK(stddev(a + (size_t)E * c.d_conv, (size_t)2 * eN * c.d_conv) == doctest::Approx(0.5 / sqrt(3.0)).epsilon(0.2));
                 } else if (ends("mixer.norm.weight")) { for (size_t i = 0; i < t.size(); i++) CHECK(a[i] == 1.0f); }
-                else if (ends("mixer.A_log")) { for (size_t i = 0; i < t.size(); i++) { CHECK(a[i] >= 0.0f); CHECK(a[i] <= logf(16.0f) + 1e-6f); } }
-                else if (ends("mixer.dt_bias")) { for (size_t i = 0; i < t.size(); i++) { float dt = softplusf(a[i]); CHECK(dt >= 0.999e-3f); CHECK(dt <= 0.1001f); } }
+                else if (ends("conv1d.bias")) {
+                    CHECK(memcmp(a, b, 4 * (size_t)E) == 0);  // x channels kept
+                    float most = 0;                           // B, C channels fresh: U(+-1/sqrt(W)), not the old values
+                    for (int i = 0; i < 2 * eN; i++) most = std::max(most, fabsf(a[E + i]));
+                    CHECK(most <= 1.0f / sqrtf((float)c.d_conv));
+                    CHECK(stddev(a + E, (size_t)2 * eN) == doctest::Approx(1.0 / sqrt(3.0 * c.d_conv)).epsilon(0.3));
+                    CHECK(memcmp(a + E, b + E, 4 * (size_t)2 * N) != 0);
+                }
+                // A_log and dt_bias re-drawn: in the new model's ranges, and not the old values
+                else if (ends("mixer.A_log")) {
+                    for (size_t i = 0; i < t.size(); i++) { CHECK(a[i] >= 0.0f); CHECK(a[i] <= logf(16.0f) + 1e-6f); }
+                    CHECK(memcmp(a, b, 4 * t.size()) != 0);
+                }
+                else if (ends("mixer.dt_bias")) {
+                    for (size_t i = 0; i < t.size(); i++) { float dt = softplusf(a[i]); CHECK(dt >= 0.999e-3f); CHECK(dt <= 0.1001f); }
+                    CHECK(memcmp(a, b, 4 * t.size()) != 0);
+                }
                 else if (ends("norm.weight") || ends("mixer.D") || ends("out_proj.weight")) CHECK(memcmp(a, b, 4 * t.size()) == 0);
             }
         }
