@@ -25,8 +25,8 @@ TEST_CASE("summarize: tables of mean ± sd, the share of the (b) − (a) gap, pe
     // per kind, seeds 1 and 2: bits/byte, then MQAR n=4, n=8, n=4 gap 128, n=8 gap 128
     write_run(d, "base", 1, 2.50, {0.40, 0.20, 0.10, 0.05}, 0.0);
     write_run(d, "base", 2, 2.52, {0.50, 0.20, 0.30, 0.05}, 0.1);
-    write_run(d, "big", 1, 2.40, {0.80, 0.60, 0.20, 0.05}, 0.5);
-    write_run(d, "big", 2, 2.42, {0.90, 0.60, 0.40, 0.05}, 0.7);
+    write_run(d, "big", 1, 2.40, {0.80, 0.60, 0.30, 0.05}, 0.5);
+    write_run(d, "big", 2, 2.42, {0.90, 0.70, 0.30, 0.05}, 0.7);
     write_run(d, "lpt", 1, 2.48, {0.50, 0.30, 0.10, 0.05}, 0.0);
     write_run(d, "lpt", 2, 2.50, {0.60, 0.30, 0.30, 0.05}, 0.0);
     write_run(d, "statex", 1, 2.43, {0.70, 0.50, 0.20, 0.05}, 0.3);
@@ -50,15 +50,15 @@ TEST_CASE("summarize: tables of mean ± sd, the share of the (b) − (a) gap, pe
              "| MQAR n=4 | 40.0 | 14.1 | 25% | 75% |",
              // b − a = -0.1 against 2 × 0.014: (2.49 − 2.51) / -0.1, (2.44 − 2.51) / -0.1
              "| validation bits/byte | -0.100 | 0.028 | 20% | 70% |",
-             // one sd 0: b − a = 40 against 0
-             "| MQAR n=8 | 40.0 | 0.0 | 25% | 75% |",
-             // not resolved: b − a = 10 under 2 × 14.1
+             // sd a 0, sd b 7.07: b − a = 45 against 2 × 7.07; LPT (30 − 20) / 45, StateX (50 − 20) / 45
+             "| MQAR n=8 | 45.0 | 14.1 | 22% | 67% |",
+             // sd a 14.1, sd b 0: b − a = 10 under 2 × 14.1, not resolved (sd b alone would resolve it)
              "| MQAR n=4, gap 128 | 10.0 | 28.3 | - | - |",
              // no difference at all: nothing to close
              "| MQAR n=8, gap 128 | 0.0 | 0.0 | - | - |",
              "| kind | seed | bits/byte | MQAR n=4 | MQAR n=8 | MQAR n=4, gap 128 | MQAR n=8, gap 128 |\n|---|---|---|---|---|---|---|\n",
              "| base (a) | 1 | 2.500 | 40.0 | 20.0 | 10.0 | 5.0 |\n| base (a) | 2 | 2.520 | 50.0 | 20.0 | 30.0 | 5.0 |\n"
-             "| big state (b) | 1 | 2.400 | 80.0 | 60.0 | 20.0 | 5.0 |\n",
+             "| big state (b) | 1 | 2.400 | 80.0 | 60.0 | 30.0 | 5.0 |\n",
              "| StateX reinit | 2 | 2.450 | 80.0 | 50.0 | 40.0 | 5.0 |\n",
              "![GLA MQAR](gla_mqar.png) ![GLA MQAR with a gap](gla_mqar_gap.png) ![GLA passkey](gla_passkey.png)"})
         CHECK_MESSAGE(md.find(want) != std::string::npos, want);
