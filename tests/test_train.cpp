@@ -384,8 +384,13 @@ TEST_CASE("statex post-training: --train-only-expanded and --expanded-lr-scale")
 // computed the same way in every case, so the logits and the recurrent state
 // must match bit for bit, for one row and for a few, and for thread counts
 // that split the loops unevenly.
-TEST_CASE("generation: a decode step on 1, 2 or 3 threads gives the same logits and state, bit for bit") {
-    int threads = omp_get_max_threads();
+// The three ways a decode step runs: on one thread; in one parallel region (2
+// threads, and as many as there are processors where that is more); one region
+// per op (more threads than processors, see cpu::forward_in_one_region).
+TEST_CASE("generation: a decode step on 1, 2 or more threads gives the same logits and state, bit for bit") {
+    int threads = omp_get_max_threads(), procs = omp_get_num_procs();
+    std::vector<int> counts = {1, 2, procs + 1};
+    if (procs > 2) counts.push_back(procs);
     // (mamba2-small at B 8: wide enough that its conv, too, is split between the threads)
     for (const char *preset : {"exp-gla", "exp-mamba2", "mamba2-small"}) {
         Config c;
@@ -397,9 +402,9 @@ TEST_CASE("generation: a decode step on 1, 2 or 3 threads gives the same logits 
         for (int B : {1, 3, 8}) {
             cpu::model_alloc_acts(&m, B, 1);
             m.mixer_form = MIX_RECURRENT;
-            std::vector<float> logits[3], state[3];
-            for (int nt = 1; nt <= 3; nt++) {
-                omp_set_num_threads(nt);
+            std::vector<std::vector<float>> logits(counts.size()), state(counts.size());
+            for (size_t k = 0; k < counts.size(); k++) {
+                omp_set_num_threads(counts[k]);
                 RecState st;
                 cpu::state_alloc(&c, B, &st);
                 Rng r = {11};
@@ -407,18 +412,19 @@ TEST_CASE("generation: a decode step on 1, 2 or 3 threads gives the same logits 
                 for (int t = 0; t < 12; t++) {
                     for (int &x : tok) x = rng_int(&r, 256);
                     cpu::model_forward(&m, tok.data(), nullptr, B, 1, &st);
-                    logits[nt - 1].insert(logits[nt - 1].end(), m.acts.logits, m.acts.logits + (size_t)B * c.vocab_size);
+                    logits[k].insert(logits[k].end(), m.acts.logits, m.acts.logits + (size_t)B * c.vocab_size);
                 }
                 for (int l = 0; l < c.n_layer; l++)
-                    state[nt - 1].insert(state[nt - 1].end(), st.layer[l], st.layer[l] + cpu::state_floats(&c, l, B));
+                    state[k].insert(state[k].end(), st.layer[l], st.layer[l] + cpu::state_floats(&c, l, B));
                 cpu::state_free(&st);
             }
             omp_set_num_threads(threads);
             CAPTURE(preset); CAPTURE(B);
-            CHECK(logits[0] == logits[1]);
-            CHECK(logits[0] == logits[2]);
-            CHECK(state[0] == state[1]);
-            CHECK(state[0] == state[2]);
+            for (size_t k = 1; k < counts.size(); k++) {
+                CAPTURE(counts[k]);
+                CHECK(logits[0] == logits[k]);
+                CHECK(state[0] == state[k]);
+            }
         }
         cpu::model_free(&m);
     }
