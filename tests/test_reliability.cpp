@@ -156,7 +156,7 @@ TEST_CASE("bad input matrix: each bad flag or file gives one error line naming i
         {"./train --resume " + d + "/flags.bin --out " + keep, "flags.bin.opt: stored flags: --steps: 'abc' is not an integer"},
         {"./train --resume " + d + "/outflag.bin --out " + keep, "do not define a run"},
         {"./train --resume " + d + "/mnan.bin --out " + keep, "moment 7 is not finite"},
-        {"./train --resume " + d + "/other.bin --out " + keep, "holds"},
+        {"./train --resume " + d + "/other.bin --out " + keep, "parameters, the model file"},
         {"./train --resume " + d + "/missing.bin --out " + keep, "cannot open"},
         {"./train --init tests/refdata/gla_small.bin --debug-state " + d + "/fifo --dump-state " + keep, "not a regular file"},
         // infer
