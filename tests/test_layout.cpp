@@ -35,7 +35,7 @@ static size_t widest_row(const Config *c) {
     return w;
 }
 
-TEST_CASE("layout: the backward row buffers and the scan scratch hold what is written into them") {
+TEST_CASE("layout: the backward row buffers hold what is written into them") {
     // each config makes a different size the widest; the gate rank above every
     // other size is the one the first version missed
     Config configs[] = {gla_config(32, 32, 32, 4096, 64, 1), gla_config(256, 16, 32, 4, 8, 2),
@@ -54,7 +54,8 @@ TEST_CASE("layout: the backward row buffers and the scan scratch hold what is wr
         CAPTURE(row);
         for (int i = 0; i + 1 < 9; i++) CHECK((size_t)(a.drows[i + 1] - a.drows[i]) >= BT * row);
         CHECK((size_t)(a.dlogits - a.drows[8]) >= BT * row);
-        CHECK(a.scratch_per_task >= work);
+        // (that the scans stay inside scan_work_floats is checked where they run,
+        // with a canary after each thread's slice: test_ops.cpp, check_canaries)
     }
 }
 

@@ -291,10 +291,25 @@ TEST_CASE("fd: cross-entropy with ignored targets") {
 // ----------------------------------------------------------------------------
 // the token mixers
 
+// The scans' scratch, one slice per thread: scan_work_floats (the most a scan
+// says it uses), rounded up, then a canary no scan may touch, checked after
+// every run (check_canaries).
+#define SCRATCH_CANARY 16
+static const float CANARY = -31415.9f;
+static size_t per_thread(const Config &c) { return ((cpu::scan_work_floats(&c) + 15) & ~(size_t)15) + SCRATCH_CANARY; }
 static std::vector<float> scan_scratch(const Config &c) {
-    return std::vector<float>(((cpu::scan_work_floats(&c) + 15) & ~(size_t)15) * omp_get_max_threads());
+    size_t per = per_thread(c), work = cpu::scan_work_floats(&c);
+    std::vector<float> ws(per * omp_get_max_threads());
+    for (size_t t = 0; t < ws.size() / per; t++)
+        for (size_t i = work; i < per; i++) ws[t * per + i] = CANARY;
+    return ws;
 }
-static size_t per_thread(const Config &c) { return (cpu::scan_work_floats(&c) + 15) & ~(size_t)15; }
+static void check_canaries(const std::vector<float> &ws, const Config &c) {
+    size_t per = per_thread(c), work = cpu::scan_work_floats(&c), touched = 0;
+    for (size_t t = 0; t < ws.size() / per; t++)
+        for (size_t i = work; i < per; i++) touched += ws[t * per + i] != CANARY;
+    CHECK_MESSAGE(touched == 0, "a scan wrote past scan_work_floats in its slice of the scratch");
+}
 
 struct GlaCase {
     int B, T, H, K, V;
@@ -337,6 +352,7 @@ static GlaResult gla_run(GlaCase &g, bool chunked) {
                                     g.k.data(), g.v.data(), g.a.data(), B, T, H, K, V, ws.data(), per_thread(c));
         res.states = std::move(S_all);
     }
+    check_canaries(ws, c);
     return res;
 }
 
@@ -447,6 +463,7 @@ static SsdResult ssd_run(SsdCase &s, bool chunked) {
     }
     cpu::ops.ssd_decay_backward(res.ddt.data(), res.dA_log.data(), res.dD.data(), dlda.data(), s.dy.data(), s.xbc.data(), s.dt.data(),
                             s.A_log.data(), B * T, nh, P, N);
+    check_canaries(ws, c);
     return res;
 }
 
