@@ -221,6 +221,42 @@ TEST_CASE("bench: ./infer --bench --profile counts each op of a decode step once
     CHECK_MESSAGE(calls("matmul_forward") == (2 * 2 + 1) * 512, out);  // in_proj, out_proj per layer; the lm head
 }
 
+// --profile of a training step: each matmul under its shape (input width ->
+// output widths, a group's members joined by +), and the shapes' shares add
+// up to the matmuls' own share of the step.
+TEST_CASE("bench: ./train --bench --profile times each matmul shape") {
+    std::string out;
+    REQUIRE_MESSAGE(run("./train --bench --profile --preset tiny-gla --n-layer 1 --batch 2 --seq-len 64", &out) == 0, out);
+    auto row = [&](const std::string &shape, double *share) {  // the calls on the shape's row, -1 if none
+        size_t p = out.find("  " + shape + "  ");
+        if (p == std::string::npos) return -1L;
+        std::istringstream r(out.substr(p + 2 + shape.size(), out.find('\n', p) - p));
+        long n = -1;
+        r >> *share;
+        r.ignore(1);  // the %
+        r >> n;
+        return n;
+    };
+    double share, sum = 0;
+    // 8 measured steps; D 192, K 96, V 192, r 16, F 512, 256 bytes
+    CHECK_MESSAGE(row("forward 192 -> 96+96+192+192+16", &share) == 8, out);  // q, k, v, og, the gate's low rank
+    CHECK_MESSAGE(row("forward 192 -> 512+512", &share) == 8, out);          // the MLP's gate and up
+    CHECK_MESSAGE(row("backward 192 -> 96", &share) == 16, out);             // q, k
+    CHECK_MESSAGE(row("backward 16 -> 96", &share) == 8, out);               // the gate's second factor
+    CHECK_MESSAGE(row("backward 192 -> 256", &share) == 8, out);             // the tied lm head
+    for (const char *s : {"forward 192 -> 96+96+192+192+16", "forward 192 -> 512+512", "forward 16 -> 96", "forward 192 -> 192",
+                          "forward 512 -> 192", "forward 192 -> 256", "backward 192 -> 96", "backward 192 -> 16",
+                          "backward 16 -> 96", "backward 192 -> 192", "backward 192 -> 512", "backward 512 -> 192",
+                          "backward 192 -> 256"}) {
+        CHECK_MESSAGE(row(s, &share) > 0, s);
+        sum += share;
+    }
+    size_t p = out.find("of the GEMM rate, in ");
+    REQUIRE_MESSAGE(p != std::string::npos, out);
+    double total = atof(out.c_str() + p + strlen("of the GEMM rate, in "));
+    CHECK_MESSAGE(fabs(sum - total) < 0.05 * 14, out);  // the 13 rows and the total, each rounded to 0.1
+}
+
 TEST_CASE("checkpoint pair: an interrupted save is finished or dropped at the next start; stale temporaries go") {
     std::string d = tmpdir("pair"), out;
     std::string common = std::string("./train ") + TINY_GLA + " --steps 6 --batch 2 --seq-len 24 --warmup 2 --save-every 2 --quiet --seed 3";

@@ -11,6 +11,8 @@ struct OpProfile {
     std::map<std::string, double> seconds;  // per op name
     std::map<std::string, long> calls;
     double matmul_flops = 0;                // of all matmul calls, to give their rate
+    struct Shape { double seconds = 0, flops = 0; long calls = 0; };
+    std::map<std::string, Shape> matmul_shapes;  // the same per kind and shape, e.g. "backward 256 -> 768"
 };
 inline OpProfile &op_profile() {
     static OpProfile p;
@@ -30,6 +32,30 @@ struct OpTimer {
         if (!on) return;
         op_profile().seconds[name] += now_seconds() - t0;
         op_profile().calls[name]++;
+    }
+};
+
+// A matmul's timer: its op's time as OpTimer's, and its FLOPs and time under
+// its shape too, "backward 256 -> 768" (input width -> output widths), as a
+// product's rate depends on its shape (a rank-16 product is far from the GEMM's).
+struct MatmulTimer {
+    OpTimer op;
+    const char *kind;
+    int C, n;
+    const int *OC;
+    double flops;
+    MatmulTimer(const char *name, const char *k, int c, const int *oc, int n_out, double fl)
+        : op(name), kind(k), C(c), n(n_out), OC(oc), flops(fl) {
+        if (op.on) op_profile().matmul_flops += flops;
+    }
+    ~MatmulTimer() {
+        if (!op.on) return;
+        std::string shape = std::string(kind) + " " + std::to_string(C) + " ->";
+        for (int i = 0; i < n; i++) shape += (i ? "+" : " ") + std::to_string(OC[i]);
+        OpProfile::Shape &x = op_profile().matmul_shapes[shape];
+        x.seconds += now_seconds() - op.t0;
+        x.flops += flops;
+        x.calls++;
     }
 };
 
@@ -58,20 +84,18 @@ inline Ops timed_cpu_ops() {
     // the matmuls are timed the same way and also count their FLOPs (2 per
     // multiply-add), for their rate
     t.matmul_forward = [](float *out, const float *inp, const float *w, const float *bias, int N, int C, int OC) {
-        OpTimer timer("matmul_forward");
-        if (profile_records()) op_profile().matmul_flops += 2.0 * N * C * OC;
+        MatmulTimer timer("matmul_forward", "forward", C, &OC, 1, 2.0 * N * C * OC);
         cpu::ops.matmul_forward(out, inp, w, bias, N, C, OC);
     };
     t.matmul_group_forward = [](const MatmulGroup *g, const float *inp, int N, int C) {
-        OpTimer timer("matmul_group_forward");
-        if (profile_records())
-            for (int i = 0; i < g->n; i++) op_profile().matmul_flops += 2.0 * N * C * g->OC[i];
+        double flops = 0;
+        for (int i = 0; i < g->n; i++) flops += 2.0 * N * C * g->OC[i];
+        MatmulTimer timer("matmul_group_forward", "forward", C, g->OC, g->n, flops);
         cpu::ops.matmul_group_forward(g, inp, N, C);
     };
     t.matmul_backward = [](float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w, int N,
                            int C, int OC) {
-        OpTimer timer("matmul_backward");
-        if (profile_records()) op_profile().matmul_flops += 2.0 * N * C * OC * ((dinp ? 1 : 0) + (dw ? 1 : 0));
+        MatmulTimer timer("matmul_backward", "backward", C, &OC, 1, 2.0 * N * C * OC * ((dinp ? 1 : 0) + (dw ? 1 : 0)));
         cpu::ops.matmul_backward(dinp, dw, dbias, dout, inp, w, N, C, OC);
     };
     return t;
@@ -100,5 +124,14 @@ inline void print_op_profile(double step_seconds, double gemm_gflops) {
         double rate = op_profile().matmul_flops / mm_seconds / 1e9;
         printf("  the matmuls: %.1f GFLOP/s = %.0f%% of the GEMM rate, in %.1f%% of the step; every other op %.1f%%\n", rate,
                100 * rate / gemm_gflops, 100 * mm_seconds / step_seconds, 100 * (1 - mm_seconds / step_seconds));
+        std::vector<std::pair<double, std::string>> shapes;
+        for (auto &kv : op_profile().matmul_shapes) shapes.push_back({kv.second.seconds, kv.first});
+        std::sort(shapes.rbegin(), shapes.rend());
+        printf("  %-34s %7s %8s  %s\n", "matmul, input -> outputs", "share", "calls", "rate, share of the GEMM's");
+        for (auto &r : shapes) {
+            const OpProfile::Shape &x = op_profile().matmul_shapes[r.second];
+            printf("  %-34s %6.1f%% %8ld  %5.0f%%\n", r.second.c_str(), 100 * x.seconds / step_seconds, x.calls,
+                   100 * x.flops / x.seconds / 1e9 / gemm_gflops);
+        }
     }
 }
