@@ -39,23 +39,24 @@ struct OpTimer {
 // its shape too, "backward 256 -> 768" (input width -> output widths), as a
 // product's rate depends on its shape (a rank-16 product is far from the GEMM's).
 struct MatmulTimer {
+    std::string shape;  // named before the clock starts (and only by the thread that records), so the op's time leaves it out
     OpTimer op;
-    const char *kind;
-    int C, n;
-    const int *OC;
     double flops;
-    MatmulTimer(const char *name, const char *k, int c, const int *oc, int n_out, double fl)
-        : op(name), kind(k), C(c), n(n_out), OC(oc), flops(fl) {
+    MatmulTimer(const char *name, const char *kind, int C, const int *OC, int n, double fl)
+        : shape(profile_records() ? shape_name(kind, C, OC, n) : std::string()), op(name), flops(fl) {
         if (op.on) op_profile().matmul_flops += flops;
     }
     ~MatmulTimer() {
         if (!op.on) return;
-        std::string shape = std::string(kind) + " " + std::to_string(C) + " ->";
-        for (int i = 0; i < n; i++) shape += (i ? "+" : " ") + std::to_string(OC[i]);
         OpProfile::Shape &x = op_profile().matmul_shapes[shape];
         x.seconds += now_seconds() - op.t0;
         x.flops += flops;
         x.calls++;
+    }
+    static std::string shape_name(const char *kind, int C, const int *OC, int n) {
+        std::string s = std::string(kind) + " " + std::to_string(C) + " ->";
+        for (int i = 0; i < n; i++) s += (i ? "+" : " ") + std::to_string(OC[i]);
+        return s;
     }
 };
 
